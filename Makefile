@@ -1,0 +1,8 @@
+# The two commands of the README. Both set up .venv (CPU) on first use.
+.PHONY: serve test setup lint
+serve:  ## serve SmolLM2 on CPU with the plugin, on http://127.0.0.1:30000
+	scripts/serve_cpu.sh
+test:   ## lint, type-check and run the test suite on CPU
+	scripts/test.sh
+setup:  ## only build the CPU environment
+	scripts/setup_cpu.sh

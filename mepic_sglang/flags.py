@@ -1,0 +1,168 @@
+"""The plugin's server flags: one typed record, added to SGLang's CLI, carried to every process.
+
+How a value travels (SGLang 0.5.23):
+
+1. ``ServerArgs.add_cli_args(parser)`` (AFTER hook) adds one argument group built from the fields
+   of :class:`PluginArgs`, so ``python -m sglang.launch_server --help`` lists them.
+2. ``ServerArgs.from_cli_args(args)`` copies only SGLang's declared fields. The AFTER hook builds a
+   :class:`PluginArgs` from the namespace, validates it against the rest of the server args and
+   stores it as ``server_args._mepic_plugin_args``.
+3. ``ServerArgs`` is a msgspec Struct with an instance ``__dict__``; ``_``-prefixed extras are
+   allowed at any time and travel with the record when it is pickled into the scheduler,
+   detokenizer and DP-controller processes. Code anywhere reads them with
+   :func:`get_plugin_args`.
+
+Offline ``sglang.Engine`` users (the Engine has no CLI) call :func:`attach_plugin_args`.
+
+To add a flag, add a field with :func:`flag` to :class:`PluginArgs` (and a check to
+:meth:`PluginArgs.problems` if it constrains other flags); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ATTR = "_mepic_plugin_args"
+GROUP_TITLE = "mepic-sglang plugin"
+
+
+class PluginArgError(ValueError):
+    """A plugin flag has a bad value or conflicts with another flag; the message names the flag."""
+
+
+def flag(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A :class:`PluginArgs` field that is also a CLI flag ``--<name-with-dashes>``."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def cli_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class PluginArgs:
+    """Values of every plugin flag. Defaults leave SGLang behaving exactly as stock."""
+
+    enable_mepic: bool = flag(
+        False,
+        "Enable MEPIC position-independent chunk caching: chunks marked in a request share one "
+        "page-aligned copy of their KV across positions, requests and batches.",
+    )
+    mepic_compat_check: str = flag(
+        "strict",
+        "What to do when the installed SGLang is not the version this plugin was built for, or a "
+        "hooked SGLang function changed its signature: 'strict' refuses to start when a plugin "
+        "feature is enabled, 'warn' only logs. Without plugin features both only log.",
+        choices=("strict", "warn"),
+    )
+
+    @property
+    def any_feature_enabled(self) -> bool:
+        """True when some flag changes SGLang's behaviour (not just observability)."""
+        return self.enable_mepic
+
+    def problems(self, server_args: Any, compat_problems: list[str]) -> list[str]:
+        """Human-readable reasons why these values cannot run with ``server_args``; each names a
+        flag. ``compat_problems`` come from :mod:`mepic_sglang.compat`."""
+        out: list[str] = []
+        if self.mepic_compat_check not in ("strict", "warn"):
+            out.append(
+                f"argument --mepic-compat-check: invalid choice {self.mepic_compat_check!r} "
+                "(choose from 'strict', 'warn')"
+            )
+        if self.enable_mepic and getattr(server_args, "disable_radix_cache", False):
+            out.append(
+                "argument --enable-mepic: MEPIC keeps chunk pages beside the radix prefix cache; "
+                "it cannot run with --disable-radix-cache"
+            )
+        if compat_problems and self.any_feature_enabled and self.mepic_compat_check == "strict":
+            out.append(
+                "argument --mepic-compat-check=strict: refusing to enable plugin features on an "
+                "unsupported SGLang: "
+                + "; ".join(compat_problems)
+                + " (pass --mepic-compat-check warn to try anyway)"
+            )
+        return out
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    """Add one argument group with every :class:`PluginArgs` field."""
+    group = parser.add_argument_group(GROUP_TITLE, "Flags added by the mepic-sglang plugin.")
+    for f in dataclasses.fields(PluginArgs):
+        help_text = f.metadata["help"]
+        if f.type in (bool, "bool"):
+            group.add_argument(cli_name(f.name), action="store_true", help=help_text)
+            continue
+        choices = f.metadata["choices"]
+        group.add_argument(
+            cli_name(f.name),
+            type=str,
+            default=f.default,
+            choices=list(choices) if choices else None,
+            help=f"{help_text} (default: {f.default})",
+        )
+
+
+def from_namespace(namespace: argparse.Namespace) -> PluginArgs:
+    """Plugin values parsed by a parser that went through :func:`add_cli_args`."""
+    values = {
+        f.name: getattr(namespace, f.name)
+        for f in dataclasses.fields(PluginArgs)
+        if hasattr(namespace, f.name)
+    }
+    return PluginArgs(**values)
+
+
+def get_plugin_args(server_args: Any) -> PluginArgs:
+    """The plugin values carried by ``server_args`` (defaults when none were attached)."""
+    value = getattr(server_args, ATTR, None)
+    return value if isinstance(value, PluginArgs) else PluginArgs()
+
+
+def attach_plugin_args(
+    server_args: Any, plugin_args: PluginArgs | None = None, **values: Any
+) -> Any:
+    """Validate plugin values and attach them to ``server_args`` (returned, for chaining).
+
+    For ``sglang.Engine``: ``Engine(server_args=attach_plugin_args(ServerArgs(...),
+    enable_mepic=True))``. Raises :class:`PluginArgError` naming the offending flag.
+    """
+    from mepic_sglang import compat  # NOTE: late import keeps this module free of SGLang imports
+
+    unknown = set(values) - {f.name for f in dataclasses.fields(PluginArgs)}
+    if unknown:
+        raise PluginArgError(f"unknown mepic-sglang plugin argument(s): {sorted(unknown)}")
+    args = dataclasses.replace(plugin_args or PluginArgs(), **values)
+    problems = args.problems(server_args, compat.problems())
+    if problems:
+        raise PluginArgError("; ".join(problems))
+    setattr(server_args, ATTR, args)
+    return server_args
+
+
+# --------------------------------------------------------------------------- SGLang hooks
+# Registered in mepic_sglang/hooks.py (the one table of SGLang hook targets).
+
+
+def after_add_cli_args(result: None, parser: argparse.ArgumentParser) -> None:
+    """AFTER ``ServerArgs.add_cli_args(parser)`` (a staticmethod)."""
+    add_cli_args(parser)
+
+
+def after_from_cli_args(result: Any, cls: type, namespace: argparse.Namespace) -> Any:
+    """AFTER ``ServerArgs.from_cli_args(args)`` (a classmethod): validate and carry our values.
+
+    A bad value stops start-up here, in the launcher, before any model is loaded, with a message
+    naming the flag (argparse itself already rejected values outside ``choices``).
+    """
+    from mepic_sglang import compat
+
+    args = from_namespace(namespace)
+    problems = args.problems(result, compat.problems())
+    if problems:
+        raise SystemExit("mepic-sglang: error: " + "\nmepic-sglang: error: ".join(problems))
+    setattr(result, ATTR, args)
+    return result

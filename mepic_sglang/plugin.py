@@ -1,0 +1,22 @@
+"""Entry point ``sglang.srt.plugins: mepic = mepic_sglang.plugin:register``.
+
+SGLang's ``load_plugins()`` calls :func:`register` once in every process it starts (launcher,
+scheduler, detokenizer, DP controller, ``Engine``) and then applies the registered hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mepic_sglang import __version__, compat, hooks
+
+logger = logging.getLogger(__name__)
+
+
+def register() -> None:
+    """Register the hook table and report compatibility problems (fatal only with features on)."""
+    hooks.register_all()
+    for problem in compat.problems():
+        logger.warning("mepic-sglang compatibility: %s", problem)
+    logger.info("mepic-sglang %s registered in pid %d", __version__, os.getpid())

@@ -1,0 +1,60 @@
+"""Shared fixtures: local models and real SGLang servers (session-scoped: each costs ~30 s)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+# NOTE: SGLang reads this once, at import (is_cpu() is lru_cached); the CPU .pth sets it too.
+os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+
+import pytest  # noqa: E402
+
+from tests.server_utils import ServerHandle, start_server  # noqa: E402
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from mepic_sglang.models import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path() -> Path:
+    from mepic_sglang.models import ensure_tiny
+
+    return ensure_tiny("llama")
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(
+    smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerHandle]:
+    """SmolLM2 behind stock ``python -m sglang.launch_server`` with a plugin flag."""
+    server = start_server(
+        smollm2_path,
+        ["--enable-mepic"],
+        log_path=tmp_path_factory.mktemp("smollm2-server") / "server.log",
+    )
+    yield server
+    server.stop()

@@ -1,0 +1,52 @@
+"""Run ``sglang.Engine`` in a fresh process and print one JSON line (used by test_engine.py).
+
+A fresh process because SGLang loads plugins once per process and spawns its scheduler, which
+needs this ``__main__`` guard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+PROMPTS = [
+    "The capital of Zorblat is Quintar. The capital of Zorblat is",
+    "def fibonacci(n):",
+    "Once upon a time",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--enable-mepic", action="store_true")
+    args = parser.parse_args()
+
+    import sglang as sgl
+    from sglang.srt.server_args import ServerArgs
+
+    server_args = ServerArgs(
+        model_path=args.model, dtype="float32", max_total_tokens=4096, sleep_on_idle=True
+    )
+    if args.enable_mepic:
+        from mepic_sglang.flags import attach_plugin_args
+
+        attach_plugin_args(server_args, enable_mepic=True)
+    engine = sgl.Engine(server_args=server_args)
+    try:
+        outs = engine.generate(
+            PROMPTS, {"temperature": 0, "max_new_tokens": 12}, return_logprob=True
+        )
+        info = engine.get_server_info()
+        result = {
+            "output_ids": [o["output_ids"] for o in outs],
+            "logprobs": [[t[0] for t in o["meta_info"]["output_token_logprobs"]] for o in outs],
+            "plugin": info["internal_states"][0].get("mepic_sglang"),
+        }
+    finally:
+        engine.shutdown()
+    print("ENGINE_PROBE " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Plugin flags: parsed by SGLang's own CLI path, validated, carried to subprocesses."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+from mepic_sglang import compat
+from mepic_sglang.flags import (
+    ATTR,
+    PluginArgError,
+    PluginArgs,
+    attach_plugin_args,
+    cli_name,
+    get_plugin_args,
+)
+from tests.server_utils import run_cli
+
+
+@pytest.fixture(scope="module")
+def prepare(smollm2_path: Path):  # type: ignore[no-untyped-def]
+    """SGLang's real ``prepare_server_args`` with the plugin loaded in this process."""
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+
+    load_plugins()
+
+    def _prepare(*argv: str):  # type: ignore[no-untyped-def]
+        return prepare_server_args(["--model-path", str(smollm2_path), *argv])
+
+    return _prepare
+
+
+def test_no_flags_gives_defaults(prepare) -> None:  # type: ignore[no-untyped-def]
+    assert get_plugin_args(prepare()) == PluginArgs()
+    assert not PluginArgs().any_feature_enabled
+
+
+def test_flags_parse_and_survive_pickling(prepare) -> None:  # type: ignore[no-untyped-def]
+    server_args = prepare("--enable-mepic", "--mepic-compat-check", "warn")
+    want = PluginArgs(enable_mepic=True, mepic_compat_check="warn")
+    assert get_plugin_args(server_args) == want
+    # SGLang pickles ServerArgs into the scheduler/detokenizer processes (spawn).
+    assert get_plugin_args(pickle.loads(pickle.dumps(server_args))) == want
+    assert ATTR.startswith("_"), "ServerArgs only accepts _-prefixed extras after resolution"
+
+
+def test_conflicting_flags_stop_startup(prepare) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as err:
+        prepare("--enable-mepic", "--disable-radix-cache")
+    assert "--enable-mepic" in str(err.value) and "--disable-radix-cache" in str(err.value)
+
+
+def test_strict_compat_refuses_features_on_unsupported_sglang() -> None:
+    problems = ["sglang 9.9 is installed, mepic-sglang needs 0.5.23"]
+    strict = PluginArgs(enable_mepic=True)
+    assert any("--mepic-compat-check" in p for p in strict.problems(object(), problems))
+    assert (
+        PluginArgs(enable_mepic=True, mepic_compat_check="warn").problems(object(), problems) == []
+    )
+    # Without plugin features the plugin must not stop a stock SGLang from starting.
+    assert PluginArgs().problems(object(), problems) == []
+
+
+def test_attach_plugin_args_for_engine_users() -> None:
+    class FakeRecord:  # stands in for ServerArgs: only attribute access matters here
+        disable_radix_cache = False
+
+    record = attach_plugin_args(FakeRecord(), enable_mepic=True)
+    assert get_plugin_args(record).enable_mepic
+    with pytest.raises(PluginArgError, match="unknown"):
+        attach_plugin_args(FakeRecord(), enable_mepik=True)
+    bad = FakeRecord()
+    bad.disable_radix_cache = True
+    with pytest.raises(PluginArgError, match="--enable-mepic"):
+        attach_plugin_args(bad, enable_mepic=True)
+    with pytest.raises(PluginArgError, match="--mepic-compat-check"):
+        attach_plugin_args(FakeRecord(), mepic_compat_check="loose")
+
+
+def test_compat_check_is_clean_on_the_pinned_sglang() -> None:
+    assert compat.installed_sglang_version() == compat.PINNED_SGLANG
+    assert compat.problems() == []
+
+
+# ----------------------------------------------------------------- real CLI in a subprocess
+
+LAUNCH = [sys.executable, "-m", "sglang.launch_server"]
+
+
+@pytest.mark.server
+def test_launch_server_help_lists_every_plugin_flag() -> None:
+    out = run_cli([*LAUNCH, "--help"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mepic-sglang plugin" in out.stdout
+    for f in dataclasses.fields(PluginArgs):
+        assert cli_name(f.name) in out.stdout
+    assert "(default: strict)" in " ".join(out.stdout.split())
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("entry", ["launch_server", "sglang_serve"])
+def test_bad_flag_value_fails_startup_naming_the_flag(entry: str, smollm2_path: Path) -> None:
+    # NOTE: `sglang serve --help` prints before plugins load, but its parser has our flags.
+    cmd = (
+        LAUNCH
+        if entry == "launch_server"
+        else [str(Path(sys.executable).parent / "sglang"), "serve"]
+    )
+    out = run_cli([*cmd, "--model-path", str(smollm2_path), "--mepic-compat-check", "bogus"])
+    assert out.returncode != 0
+    assert "argument --mepic-compat-check: invalid choice: 'bogus'" in out.stderr
+
+
+@pytest.mark.server
+def test_conflicting_flags_fail_startup_before_loading_the_model(smollm2_path: Path) -> None:
+    out = run_cli(
+        [*LAUNCH, "--model-path", str(smollm2_path), "--enable-mepic", "--disable-radix-cache"]
+    )
+    assert out.returncode != 0
+    assert "mepic-sglang: error: argument --enable-mepic" in out.stderr
+    assert "Load weight" not in out.stderr + out.stdout

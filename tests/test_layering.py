@@ -1,0 +1,75 @@
+"""The layering rule of docs/architecture.md, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("mepic_sglang", "flashinfer_ext", "scheduler_patch", "disagg")
+# package -> plugin packages it may import (besides itself)
+ALLOWED = {
+    "flashinfer_ext": set(),
+    "scheduler_patch": set(),
+    "disagg": {"scheduler_patch"},
+    "mepic_sglang": {"flashinfer_ext", "scheduler_patch", "disagg"},
+}
+HOOK_TABLE = ROOT / "mepic_sglang" / "hooks.py"
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_packages_import_only_downwards() -> None:
+    bad = []
+    for package in PACKAGES:
+        for path in _sources(package):
+            for module in _imported_modules(path):
+                top = module.split(".")[0]
+                if top in PACKAGES and top != package and top not in ALLOWED[package]:
+                    bad.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert bad == []
+
+
+def test_only_the_hook_table_touches_hook_registry() -> None:
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in _sources(package)
+        if path != HOOK_TABLE and "HookRegistry" in path.read_text()
+    ]
+    assert offenders == []
+
+
+def test_every_hook_target_is_in_the_table_and_resolves() -> None:
+    from mepic_sglang import compat
+    from mepic_sglang.hooks import HOOKS
+
+    targets = [h.target for h in HOOKS]
+    assert len(targets) == len(set(targets)), "one row per target"
+    for spec in HOOKS:
+        assert spec.kind in ("BEFORE", "AFTER", "AROUND", "REPLACE")
+        assert compat.target_params(spec.target) == spec.params, spec.target
+
+
+def test_compat_check_reports_drift() -> None:
+    from mepic_sglang import compat
+
+    target = "sglang.srt.server_args.ServerArgs.from_cli_args"
+    assert compat.check(((target, ("args",)),)) == []
+    drift = compat.check(((target, ("argv",)),))
+    assert len(drift) == 1 and "expected ('argv',)" in drift[0]
+    missing = compat.check((("sglang.srt.server_args.ServerArgs.no_such_method", ()),))
+    assert "cannot be resolved" in missing[0]
