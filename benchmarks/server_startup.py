@@ -17,6 +17,7 @@ processes that map them: the honest total). Writes ``startup.json`` and ``startu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -57,6 +58,23 @@ def _tree_memory(root: psutil.Process) -> tuple[float, float]:
     return rss / 2**20, pss / 2**20
 
 
+def _stop_tree(proc: subprocess.Popen[bytes], root: psutil.Process) -> None:
+    """SIGTERM the server's process group and wait until every process of it is gone, so the
+    next run starts on an idle machine and a free port."""
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=60)
+    if alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=30)
+    proc.wait(timeout=30)
+
+
 def one_run(mode: str, model: str, port: int) -> Run:
     extra, plugins_env = MODES[mode]
     env = dict(os.environ)
@@ -90,8 +108,10 @@ def one_run(mode: str, model: str, port: int) -> Run:
             try:
                 if requests.get(f"{url}/health_generate", timeout=60).status_code == 200:
                     ready_s = time.monotonic() - t0
+                    break
             except requests.RequestException:
-                time.sleep(0.25)
+                pass
+            time.sleep(0.25)
         if ready_s >= 0:  # serve one request, so the peak includes a real forward pass
             body: dict[str, Any] = {
                 "model": model,
@@ -103,8 +123,7 @@ def one_run(mode: str, model: str, port: int) -> Run:
     finally:
         done.set()
         sampler.join()
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        _stop_tree(proc, root)
     if ready_s < 0:
         raise TimeoutError(f"{mode}: not ready in 900 s")
     return Run(

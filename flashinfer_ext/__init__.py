@@ -5,5 +5,6 @@ project's own Triton kernel for non-suffix extends, and the torch reference used
 test oracle. Layering: imports torch/triton/flashinfer and SGLang's attention base classes only;
 never another plugin package.
 
-Status: empty until the GPU attention issue (#5) lands; the CPU torch path arrives with MEPIC (#4).
+Status: the torch reference and its backend (`--attention-backend mepic`) have landed; the Triton
+kernel and the FlashInfer path come with the GPU attention issue (#5).
 """

@@ -43,7 +43,7 @@ def check(hooks: tuple[tuple[str, tuple[str, ...]], ...]) -> list[str]:
     for target, expected in hooks:
         try:
             got = target_params(target)
-        except (ImportError, AttributeError, ValueError) as exc:
+        except Exception as exc:  # NOTE: any import-time failure is a problem to report
             out.append(f"hook target {target} cannot be resolved ({exc})")
             continue
         if got != expected:
@@ -55,7 +55,7 @@ def problems() -> list[str]:
     """:func:`check` over the plugin's hook table, computed once per process."""
     global _cached
     if _cached is None:
-        from mepic_sglang.hooks import HOOKS
+        from mepic_sglang.hooks import HOOKS, REGISTRY_SEAMS
 
-        _cached = check(tuple((h.target, h.params) for h in HOOKS))
+        _cached = check(tuple((h.target, h.params) for h in HOOKS) + REGISTRY_SEAMS)
     return list(_cached)

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from mepic_sglang import model_support
 
 ATTR = "_mepic_plugin_args"
 GROUP_TITLE = "mepic-sglang plugin"
@@ -64,9 +67,17 @@ class PluginArgs:
         """True when some flag changes SGLang's behaviour (not just observability)."""
         return self.enable_mepic
 
-    def problems(self, server_args: Any, compat_problems: list[str]) -> list[str]:
+    def apply_defaults(self, server_args: Any) -> None:
+        """Fill SGLang flags that a plugin flag implies and the user left unset."""
+        if self.enable_mepic and getattr(server_args, "attention_backend", None) is None:
+            server_args.attention_backend = model_support.MEPIC_ATTENTION_BACKEND
+
+    def problems(
+        self, server_args: Any, compat_problems: Callable[[], list[str]] = list
+    ) -> list[str]:
         """Human-readable reasons why these values cannot run with ``server_args``; each names a
-        flag. ``compat_problems`` come from :mod:`mepic_sglang.compat`."""
+        flag. ``compat_problems`` (:func:`mepic_sglang.compat.problems`) is only called when a
+        plugin feature is on, so a stock start-up never pays for the check."""
         out: list[str] = []
         if self.mepic_compat_check not in ("strict", "warn"):
             out.append(
@@ -78,11 +89,26 @@ class PluginArgs:
                 "argument --enable-mepic: MEPIC keeps chunk pages beside the radix prefix cache; "
                 "it cannot run with --disable-radix-cache"
             )
-        if compat_problems and self.any_feature_enabled and self.mepic_compat_check == "strict":
+        mepic_attention = model_support.uses_mepic_attention(server_args)
+        if self.enable_mepic and not mepic_attention:
+            out.append(
+                "argument --enable-mepic: needs RoPE applied inside attention: "
+                f"--attention-backend {model_support.MEPIC_ATTENTION_BACKEND} (the default with "
+                f"--enable-mepic), not {getattr(server_args, 'attention_backend', None)!r}"
+            )
+        if mepic_attention:
+            out += model_support.backend_problems(server_args)
+            if model := getattr(server_args, "model_path", None):
+                out += [
+                    f"argument --enable-mepic: {p}" for p in model_support.model_problems(model)
+                ]
+        features_on = self.any_feature_enabled or mepic_attention
+        drift = compat_problems() if features_on else []
+        if drift and self.mepic_compat_check == "strict":
             out.append(
                 "argument --mepic-compat-check=strict: refusing to enable plugin features on an "
                 "unsupported SGLang: "
-                + "; ".join(compat_problems)
+                + "; ".join(drift)
                 + " (pass --mepic-compat-check warn to try anyway)"
             )
         return out
@@ -93,13 +119,15 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(GROUP_TITLE, "Flags added by the mepic-sglang plugin.")
     for f in dataclasses.fields(PluginArgs):
         help_text = f.metadata["help"]
-        if f.type in (bool, "bool"):
-            group.add_argument(cli_name(f.name), action="store_true", help=help_text)
+        if isinstance(f.default, bool):
+            # NOTE: a flag that defaults to on gets a --no-<name> form, like SGLang's own.
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            group.add_argument(cli_name(f.name), action=action, default=f.default, help=help_text)
             continue
         choices = f.metadata["choices"]
         group.add_argument(
             cli_name(f.name),
-            type=str,
+            type=type(f.default),
             default=f.default,
             choices=list(choices) if choices else None,
             help=f"{help_text} (default: {f.default})",
@@ -136,7 +164,8 @@ def attach_plugin_args(
     if unknown:
         raise PluginArgError(f"unknown mepic-sglang plugin argument(s): {sorted(unknown)}")
     args = dataclasses.replace(plugin_args or PluginArgs(), **values)
-    problems = args.problems(server_args, compat.problems())
+    args.apply_defaults(server_args)
+    problems = args.problems(server_args, compat.problems)
     if problems:
         raise PluginArgError("; ".join(problems))
     setattr(server_args, ATTR, args)
@@ -152,7 +181,7 @@ def after_add_cli_args(result: None, parser: argparse.ArgumentParser) -> None:
     add_cli_args(parser)
 
 
-def after_from_cli_args(result: Any, cls: type, namespace: argparse.Namespace) -> Any:
+def after_from_cli_args(result: Any, cls: type, args: argparse.Namespace) -> Any:
     """AFTER ``ServerArgs.from_cli_args(args)`` (a classmethod): validate and carry our values.
 
     A bad value stops start-up here, in the launcher, before any model is loaded, with a message
@@ -160,9 +189,10 @@ def after_from_cli_args(result: Any, cls: type, namespace: argparse.Namespace) -
     """
     from mepic_sglang import compat
 
-    args = from_namespace(namespace)
-    problems = args.problems(result, compat.problems())
+    plugin_args = from_namespace(args)
+    plugin_args.apply_defaults(result)
+    problems = plugin_args.problems(result, compat.problems)
     if problems:
         raise SystemExit("mepic-sglang: error: " + "\nmepic-sglang: error: ".join(problems))
-    setattr(result, ATTR, args)
+    setattr(result, ATTR, plugin_args)
     return result

@@ -17,6 +17,7 @@ model folder.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import importlib.util
 import json
@@ -40,20 +41,28 @@ def default_cache_dir() -> Path:
 
 
 def _build_once(out: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(tmp)`` unless ``out`` is complete, then move ``tmp`` to ``out`` atomically."""
+    """Run ``build(tmp)`` unless ``out`` is complete, then move ``tmp`` to ``out`` atomically.
+
+    Concurrent callers (e.g. two test sessions) serialise on a lock file beside ``out``; the
+    second one finds the marker and returns.
+    """
     if (out / _MARKER).is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        build(tmp)
-        (tmp / _MARKER).write_text("ok\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        if out.exists():  # an incomplete earlier build
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / _MARKER).is_file():
+            return out
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            build(tmp)
+            (tmp / _MARKER).write_text("ok\n")
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            if out.exists():  # an incomplete earlier build (no marker)
+                shutil.rmtree(out)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

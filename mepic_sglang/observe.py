@@ -1,9 +1,10 @@
 """Scheduler-side evidence that the plugin is loaded: a log line and a ``/server_info`` field.
 
 ``/server_info`` (and ``Engine.get_server_info()``) return ``internal_states``, one dict per
-data-parallel scheduler, built inside the scheduler process. We add ``mepic_sglang`` to it with
-the plugin version, the scheduler's pid, the plugin flag values that reached it and any
-compatibility problems, so an operator (or a test) can see what the scheduler really runs with.
+data-parallel scheduler, built inside the scheduler process. We add ``mepic_sglang`` to it: the
+plugin version, the scheduler's pid, the plugin flag values that reached it, any compatibility
+problems, and how many attention layers store keys without RoPE. So an operator (or a test) sees
+what the scheduler really runs with.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-from mepic_sglang import __version__, compat
+from mepic_sglang import __version__, compat, nope
 from mepic_sglang.flags import get_plugin_args
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def plugin_state(server_args: Any) -> dict[str, Any]:
         "pid": os.getpid(),
         "args": dataclasses.asdict(get_plugin_args(server_args)),
         "compat_problems": compat.problems(),
+        "nope_attention_layers": nope.wrapped_layers(),
     }
 
 
@@ -42,8 +44,10 @@ def after_scheduler_init(result: None, scheduler: Any, *args: Any, **kwargs: Any
     if state["args"]["enable_mepic"]:
         # TODO(#4): remove once chunk caching lands; until then say so instead of pretending.
         logger.warning(
-            "mepic-sglang: --enable-mepic is accepted, but chunk caching is not implemented in "
-            "this version yet; requests are served by SGLang's radix prefix cache"
+            "mepic-sglang: --enable-mepic: keys are stored without RoPE and rotated inside "
+            "attention (%d layers), but chunk caching is not implemented in this version yet; "
+            "prompts are cached by SGLang's radix prefix cache",
+            state["nope_attention_layers"],
         )
     for problem in state["compat_problems"]:
         logger.warning("mepic-sglang compatibility: %s", problem)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import os
 
-from mepic_sglang import __version__, compat, hooks
+from mepic_sglang import __version__, hooks
 
 logger = logging.getLogger(__name__)
 
 
 def register() -> None:
-    """Register the hook table and report compatibility problems (fatal only with features on)."""
+    """Register the hook table. Compatibility is checked when a plugin feature is enabled (fatal
+    with ``--mepic-compat-check strict``) and reported by every scheduler."""
     hooks.register_all()
-    for problem in compat.problems():
-        logger.warning("mepic-sglang compatibility: %s", problem)
     logger.info("mepic-sglang %s registered in pid %d", __version__, os.getpid())

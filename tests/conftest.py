@@ -6,21 +6,20 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-# NOTE: SGLang reads this once, at import (is_cpu() is lru_cached); the CPU .pth sets it too.
-os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-
-from tests.server_utils import ServerHandle, start_server  # noqa: E402
+from tests.server_utils import ServerHandle, start_server
 
 
 def _has_cuda() -> bool:
-    try:
-        import torch
+    return bool(torch.cuda.is_available())
 
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
+
+# NOTE: SGLang reads this once, at import (is_cpu() is lru_cached), and no test module imports
+# SGLang at collection time. The CPU .pth sets the same default; on a GPU machine we leave it.
+if not _has_cuda():
+    os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -20,29 +20,39 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--enable-mepic", action="store_true")
+    parser.add_argument("--attention-backend", default=None)
     args = parser.parse_args()
 
     import sglang as sgl
     from sglang.srt.server_args import ServerArgs
 
     server_args = ServerArgs(
-        model_path=args.model, dtype="float32", max_total_tokens=4096, sleep_on_idle=True
+        model_path=args.model,
+        dtype="float32",
+        max_total_tokens=4096,
+        sleep_on_idle=True,
+        attention_backend=args.attention_backend,
     )
     if args.enable_mepic:
         from mepic_sglang.flags import attach_plugin_args
 
         attach_plugin_args(server_args, enable_mepic=True)
     engine = sgl.Engine(server_args=server_args)
+    params = {"temperature": 0, "max_new_tokens": 12}
     try:
-        outs = engine.generate(
-            PROMPTS, {"temperature": 0, "max_new_tokens": 12}, return_logprob=True
-        )
+        # Twice: cold, then warm (radix prefix-cache hits make extends with a cached prefix).
+        runs = [engine.generate(PROMPTS, params, return_logprob=True) for _ in range(2)]
         info = engine.get_server_info()
         result = {
-            "output_ids": [o["output_ids"] for o in outs],
-            "logprobs": [[t[0] for t in o["meta_info"]["output_token_logprobs"]] for o in outs],
-            "plugin": info["internal_states"][0].get("mepic_sglang"),
+            name: {
+                "output_ids": [o["output_ids"] for o in outs],
+                "logprobs": [[t[0] for t in o["meta_info"]["output_token_logprobs"]] for o in outs],
+                "cached_tokens": [o["meta_info"]["cached_tokens"] for o in outs],
+            }
+            for name, outs in zip(("cold", "warm"), runs, strict=True)
         }
+        result["plugin"] = info["internal_states"][0].get("mepic_sglang")
+        result["attention_backend"] = info["internal_states"][0].get("attention_backend")
     finally:
         engine.shutdown()
     print("ENGINE_PROBE " + json.dumps(result), flush=True)

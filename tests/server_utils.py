@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -45,16 +46,14 @@ class ServerHandle:
         (they are then killed). Idempotent."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(
-            self.tree or [psutil.Process(self.proc.pid)], timeout=timeout_s
-        )
+        _, alive = psutil.wait_procs(self.tree, timeout=timeout_s)
         leftover = [f"{p.pid} {_name(p)}" for p in alive]
         for p in alive:
-            p.kill()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything started after `tree` was taken
+        self.proc.wait(timeout=30)
         return leftover
 
 
@@ -73,8 +72,8 @@ def start_server(model: Path, extra_args: list[str], log_path: Path) -> ServerHa
         "--model-path", str(model), "--host", "127.0.0.1", "--port", str(port),
         *CPU_ARGS, *extra_args,
     ]  # fmt: skip
-    log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -89,6 +88,7 @@ def start_server(model: Path, extra_args: list[str], log_path: Path) -> ServerHa
             pass
         time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
     raise TimeoutError(f"server not ready after {READY_TIMEOUT_S}s:\n{log_tail(log_path)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import sys
 from pathlib import Path
@@ -56,22 +57,28 @@ def test_conflicting_flags_stop_startup(prepare) -> None:  # type: ignore[no-unt
 
 
 def test_strict_compat_refuses_features_on_unsupported_sglang() -> None:
-    problems = ["sglang 9.9 is installed, mepic-sglang needs 0.5.23"]
+    def drift() -> list[str]:
+        return ["sglang 9.9 is installed, mepic-sglang needs 0.5.23"]
+
+    class Record:  # attention backend already defaulted to mepic by apply_defaults
+        attention_backend = "mepic"
+
     strict = PluginArgs(enable_mepic=True)
-    assert any("--mepic-compat-check" in p for p in strict.problems(object(), problems))
-    assert (
-        PluginArgs(enable_mepic=True, mepic_compat_check="warn").problems(object(), problems) == []
-    )
+    assert any("--mepic-compat-check" in p for p in strict.problems(Record(), drift))
+    warn = PluginArgs(enable_mepic=True, mepic_compat_check="warn")
+    assert warn.problems(Record(), drift) == []
     # Without plugin features the plugin must not stop a stock SGLang from starting.
-    assert PluginArgs().problems(object(), problems) == []
+    assert PluginArgs().problems(object(), drift) == []
 
 
 def test_attach_plugin_args_for_engine_users() -> None:
     class FakeRecord:  # stands in for ServerArgs: only attribute access matters here
         disable_radix_cache = False
+        attention_backend: str | None = None
 
     record = attach_plugin_args(FakeRecord(), enable_mepic=True)
     assert get_plugin_args(record).enable_mepic
+    assert record.attention_backend == "mepic", "--enable-mepic selects MEPIC attention"
     with pytest.raises(PluginArgError, match="unknown"):
         attach_plugin_args(FakeRecord(), enable_mepik=True)
     bad = FakeRecord()
@@ -80,6 +87,33 @@ def test_attach_plugin_args_for_engine_users() -> None:
         attach_plugin_args(bad, enable_mepic=True)
     with pytest.raises(PluginArgError, match="--mepic-compat-check"):
         attach_plugin_args(FakeRecord(), mepic_compat_check="loose")
+
+
+def test_enable_mepic_selects_rope_in_attention(prepare) -> None:  # type: ignore[no-untyped-def]
+    assert prepare("--enable-mepic").attention_backend == "mepic"
+    assert prepare().attention_backend is None, "no plugin flag: SGLang picks as stock"
+    with pytest.raises(SystemExit, match="argument --enable-mepic: needs RoPE applied inside"):
+        prepare("--enable-mepic", "--attention-backend", "torch_native")
+    with pytest.raises(SystemExit, match="argument --decode-attention-backend"):
+        prepare("--attention-backend", "mepic", "--decode-attention-backend", "torch_native")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e5}}, "default RoPE only"),
+        ({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}, "GPT2LMHeadModel"),
+    ],
+)
+def test_unsupported_models_are_refused_at_startup(
+    prepare, smollm2_path: Path, tmp_path: Path, change: dict, message: str
+) -> None:  # type: ignore[no-untyped-def]
+    config = json.loads((smollm2_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    from mepic_sglang.model_support import model_problems
+
+    assert any(message in p for p in model_problems(tmp_path))
+    assert model_problems(smollm2_path) == []
 
 
 def test_compat_check_is_clean_on_the_pinned_sglang() -> None:

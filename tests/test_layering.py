@@ -43,13 +43,25 @@ def test_packages_import_only_downwards() -> None:
     assert bad == []
 
 
-def test_only_the_hook_table_touches_hook_registry() -> None:
-    offenders = [
-        str(path.relative_to(ROOT))
-        for package in PACKAGES
-        for path in _sources(package)
-        if path != HOOK_TABLE and "HookRegistry" in path.read_text()
-    ]
+def _string_constants(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+
+
+def test_only_the_hook_table_touches_sglang_hooks() -> None:
+    offenders = []
+    for package in PACKAGES:
+        for path in _sources(package):
+            if path == HOOK_TABLE:
+                continue
+            name = str(path.relative_to(ROOT))
+            if any(m.startswith("sglang.srt.plugins") for m in _imported_modules(path)):
+                offenders.append(f"{name} imports sglang.srt.plugins")
+            targets = [s for s in _string_constants(path) if s.startswith("sglang.")]
+            if targets:
+                offenders.append(f"{name} names {targets}")
     assert offenders == []
 
 

@@ -43,7 +43,8 @@ def test_generate_endpoint(smollm2_server: ServerHandle) -> None:
     }
     out = requests.post(f"{smollm2_server.url}/generate", json=body, timeout=300).json()
     assert "Paris" in out["text"], out
-    assert out["meta_info"]["completion_tokens"] == 8 or out["meta_info"]["finish_reason"]
+    assert out["meta_info"]["completion_tokens"] == 8
+    assert out["meta_info"]["finish_reason"]["type"] == "length"
     # Same prompt again: SGLang's radix prefix cache still works with the plugin loaded.
     again = requests.post(f"{smollm2_server.url}/generate", json=body, timeout=300).json()
     assert again["text"] == out["text"]
@@ -79,6 +80,9 @@ def test_plugin_runs_in_scheduler_subprocess(smollm2_server: ServerHandle) -> No
     # The CLI value crossed the process boundary.
     assert plugin["args"]["enable_mepic"] is True
     assert plugin["compat_problems"] == []
+    # --enable-mepic selected RoPE-in-attention: every layer stores keys without RoPE.
+    assert state["attention_backend"] == "mepic"
+    assert plugin["nope_attention_layers"] == 30
     log = smollm2_server.log_path.read_text(errors="replace")
     assert f"mepic-sglang 0.1.0 active in scheduler pid {plugin['pid']}" in log
 

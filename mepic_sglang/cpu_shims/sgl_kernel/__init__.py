@@ -33,10 +33,12 @@ def assign_req_to_token_pool_cpu(
     ``out_cache_loc`` holds the segments of all requests back to back, in request order.
     """
     lens = (end_offset - start_offset).to(torch.int64)
-    if lens.numel() == 0 or int(lens.sum()) == 0:
+    if lens.numel() == 0:
         return
-    if int(lens.min()) < 0 or int(end_offset.max()) > pool_len:
+    if int(start_offset.min()) < 0 or int(lens.min()) < 0 or int(end_offset.max()) > pool_len:
         raise ValueError("assign_req_to_token_pool_cpu: offsets out of range")
+    if int(lens.sum()) == 0:
+        return
     rows = torch.repeat_interleave(req_pool_indices.to(torch.int64), lens)
     seg_start = torch.cumsum(lens, 0) - lens
     within = torch.arange(int(lens.sum()), device=lens.device) - torch.repeat_interleave(
