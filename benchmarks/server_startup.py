@@ -17,10 +17,8 @@ processes that map them: the honest total). Writes ``startup.json`` and ``startu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,8 @@ from typing import Any
 
 import psutil
 import requests
+
+from benchmarks.common import add_common_args, resolve_common_args, stop_tree
 
 CPU_ARGS = ["--dtype", "float32", "--sleep-on-idle", "--max-total-tokens", "16384"]
 MODES = {"stock": ([], "no-such-plugin"), "plugin": (["--enable-mepic"], None)}
@@ -56,23 +56,6 @@ def _tree_memory(root: psutil.Process) -> tuple[float, float]:
         rss += info.rss
         pss += getattr(info, "pss", info.rss)
     return rss / 2**20, pss / 2**20
-
-
-def _stop_tree(proc: subprocess.Popen[bytes], root: psutil.Process) -> None:
-    """SIGTERM the server's process group and wait until every process of it is gone, so the
-    next run starts on an idle machine and a free port."""
-    try:
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(tree, timeout=60)
-    if alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=30)
-    proc.wait(timeout=30)
 
 
 def one_run(mode: str, model: str, port: int) -> Run:
@@ -123,7 +106,7 @@ def one_run(mode: str, model: str, port: int) -> Run:
     finally:
         done.set()
         sampler.join()
-        _stop_tree(proc, root)
+        stop_tree(proc, root)
     if ready_s < 0:
         raise TimeoutError(f"{mode}: not ready in 900 s")
     return Run(
@@ -156,15 +139,9 @@ def _plot(runs: list[Run], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server_startup")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--model", default=None, help="default: the local SmolLM2 checkpoint")
-    parser.add_argument("--port", type=int, default=30310)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    add_common_args(parser, port=30310)
     args = parser.parse_args(argv)
-    if args.model is None:
-        from mepic_sglang.models import ensure_smollm2
-
-        args.model = str(ensure_smollm2())
-    args.out.mkdir(parents=True, exist_ok=True)
+    resolve_common_args(args)
 
     runs: list[Run] = []
     for i in range(args.runs):

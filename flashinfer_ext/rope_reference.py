@@ -82,12 +82,21 @@ def attention_with_positions(
     """
     k = apply_rope(k_nope, k_positions, table).to(q.dtype)
     v = v.to(q.dtype)
-    mask = k_positions.unsqueeze(0) <= q_positions.unsqueeze(1)  # [n_q, n_k]
+    # NOTE: a prefill of the whole sequence in order (q and k at the same strictly ascending
+    # positions) is plain causal attention; is_causal lets SDPA use its fused kernel instead of
+    # materialising an [n_q, n_k] mask and score matrix (see docs/benchmarks.md).
+    full_causal = (
+        q.shape[0] == k.shape[0]
+        and torch.equal(q_positions, k_positions)
+        and bool((k_positions[1:] > k_positions[:-1]).all())
+    )
+    mask = None if full_causal else k_positions.unsqueeze(0) <= q_positions.unsqueeze(1)
     out = scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k.transpose(0, 1).unsqueeze(0),
         v.transpose(0, 1).unsqueeze(0),
         attn_mask=mask,
+        is_causal=full_causal,
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )

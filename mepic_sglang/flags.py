@@ -29,6 +29,7 @@ from typing import Any
 from mepic_sglang import model_support
 
 ATTR = "_mepic_plugin_args"
+DEFAULT_MEPIC_PAGE_SIZE = 16
 GROUP_TITLE = "mepic-sglang plugin"
 
 
@@ -54,6 +55,13 @@ class PluginArgs:
         "Enable MEPIC position-independent chunk caching: chunks marked in a request share one "
         "page-aligned copy of their KV across positions, requests and batches.",
     )
+    mepic_chunk_separator: str = flag(
+        "",
+        "Separator mode for marking chunks in plain-text prompts (LMCache-compatible, e.g. "
+        "' # # '): 'prefix SEP chunk1 SEP chunk2 SEP question' makes every piece between two "
+        "separators a chunk. Empty: off (chunks are marked with mepic_segments only). "
+        "Needs --enable-mepic.",
+    )
     mepic_compat_check: str = flag(
         "strict",
         "What to do when the installed SGLang is not the version this plugin was built for, or a "
@@ -69,8 +77,13 @@ class PluginArgs:
 
     def apply_defaults(self, server_args: Any) -> None:
         """Fill SGLang flags that a plugin flag implies and the user left unset."""
-        if self.enable_mepic and getattr(server_args, "attention_backend", None) is None:
+        if not self.enable_mepic:
+            return
+        if getattr(server_args, "attention_backend", None) is None:
             server_args.attention_backend = model_support.MEPIC_ATTENTION_BACKEND
+        if getattr(server_args, "page_size", None) is None:
+            # NOTE: chunks are padded to page boundaries; 16 as in the MEPIC paper (vLLM blocks).
+            server_args.page_size = DEFAULT_MEPIC_PAGE_SIZE
 
     def problems(
         self, server_args: Any, compat_problems: Callable[[], list[str]] = list
@@ -89,6 +102,8 @@ class PluginArgs:
                 "argument --enable-mepic: MEPIC keeps chunk pages beside the radix prefix cache; "
                 "it cannot run with --disable-radix-cache"
             )
+        if self.mepic_chunk_separator and not self.enable_mepic:
+            out.append("argument --mepic-chunk-separator: needs --enable-mepic")
         mepic_attention = model_support.uses_mepic_attention(server_args)
         if self.enable_mepic and not mepic_attention:
             out.append(

@@ -12,6 +12,7 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | Scheduler.__init__                       | AFTER | log that the plugin runs in the scheduler     |
 | Scheduler.get_internal_state             | AFTER | ``/server_info`` shows the scheduler's view   |
 | {Llama,Qwen2,Qwen3}Attention.__init__    | AFTER | NoPE keys: rotate q only, hand RoPE to attn   |
+| TokenizerManager.generate_request        | AROUND| chunk segments -> page-aligned token ids      |
 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from mepic_sglang import flags, model_support, nope, observe
+from mepic_sglang import flags, model_support, nope, observe, request_api
 
 
 class HookSpec(NamedTuple):
@@ -71,6 +72,12 @@ HOOKS: tuple[HookSpec, ...] = (
     *(
         HookSpec(target, "AFTER", nope.after_attention_init, params)
         for target, params in _ATTENTION_INIT.items()
+    ),
+    HookSpec(
+        "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request",
+        "AROUND",
+        request_api.around_generate_request,
+        ("self", "obj", "request"),
     ),
 )
 

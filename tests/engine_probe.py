@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 
+# Longer than two 16-token pages each, so the warm run hits the prefix cache at any page size.
 PROMPTS = [
-    "The capital of Zorblat is Quintar. The capital of Zorblat is",
-    "def fibonacci(n):",
-    "Once upon a time",
+    "The capital of Zorblat is Quintar. Zorblat is famous for its blue salt mines and its long "
+    "winters, and every spring the markets of the capital fill with traders. The capital of "
+    "Zorblat is",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number, computed iteratively so that '
+    'large n does not hit the recursion limit."""\n    a, b = 0, 1\n',
+    "Once upon a time, in a village at the edge of a great forest, there lived an old clockmaker "
+    "who had never once left the valley where he was born. One morning",
 ]
 
 

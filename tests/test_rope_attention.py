@@ -55,15 +55,21 @@ def ref_attention(q, k_nope, v, q_pos, k_pos, table, scale):  # type: ignore[no-
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize(("q_heads", "kv_heads"), [(2, 2), (6, 2), (8, 1)])
+@pytest.mark.parametrize("queries", ["subset", "all", "all-shuffled"])
 def test_attention_with_positions_matches_definition(
-    seed: int, q_heads: int, kv_heads: int
+    seed: int, q_heads: int, kv_heads: int, queries: str
 ) -> None:
     g = torch.Generator().manual_seed(seed)
     head, n_k = 32, int(torch.randint(8, 40, (1,), generator=g))
     table = RopeTable.from_module(_sglang_rope(head, head, seed % 2 == 0, torch.float32))
-    # A non-contiguous extend: queries at a random subset of the request's positions.
     k_pos = torch.arange(n_k)
-    q_pos = torch.sort(torch.randperm(n_k, generator=g)[: max(1, n_k // 3)]).values
+    if queries == "subset":  # a non-contiguous extend: queries at some of the positions
+        q_pos = torch.sort(torch.randperm(n_k, generator=g)[: max(1, n_k // 3)]).values
+    elif queries == "all":  # a whole prefill (the fused is_causal path)
+        q_pos = k_pos.clone()
+    else:  # keys and queries at the same positions but out of order: must not use is_causal
+        k_pos = torch.randperm(n_k, generator=g)
+        q_pos = k_pos.clone()
     q = torch.randn((len(q_pos), q_heads, head), generator=g)
     k_nope = torch.randn((n_k, kv_heads, head), generator=g)
     v = torch.randn((n_k, kv_heads, 16), generator=g)
