@@ -39,7 +39,8 @@ def test_openai_chat_answers_from_context(smollm2_server: ServerHandle) -> None:
 def test_generate_endpoint(smollm2_server: ServerHandle) -> None:
     body = {
         # Longer than a 16-token page (--enable-mepic defaults --page-size 16), so it is cached.
-        "text": "Paris, Rome, Madrid and Berlin are large cities. The capital of France is",
+        "text": "Paris, Rome, Madrid, Lisbon, Vienna and Berlin are among the largest cities of "
+        "Europe. The capital of France is",
         "sampling_params": {"temperature": 0, "max_new_tokens": 8},
     }
     out = requests.post(f"{smollm2_server.url}/generate", json=body, timeout=300).json()
