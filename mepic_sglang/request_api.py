@@ -99,12 +99,14 @@ async def _json_body(request: Any) -> Any:
 
 
 async def _requested_segments(manager: Any, obj: Any, request: Any) -> list[Segment] | None:
+    args = get_plugin_args(manager.server_args)
+    if not args.enable_mepic:
+        # NOTE: without --enable-mepic the server behaves as stock SGLang, which ignores unknown
+        # body keys; no body is read on this hot path.
+        return None
     body = await _json_body(request)
     raw = body.get(BODY_KEY) if isinstance(body, dict) else None
-    args = get_plugin_args(manager.server_args)
     if raw is not None:
-        if not args.enable_mepic:
-            raise SegmentError(f"{BODY_KEY} needs a server started with --enable-mepic")
         if not isinstance(obj.text, str | None) or obj.input_ids is not None:
             raise SegmentError(f"{BODY_KEY} takes one prompt: send no input_ids and no batch")
         segments = parse_segments(raw)
