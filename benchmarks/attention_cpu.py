@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 
-from benchmarks.common import add_common_args, resolve_common_args, stop_tree
+from benchmarks.common import add_common_args, resolve_common_args, start_server, stop_tree
 
 MODES = {"stock torch_native": [], "mepic (NoPE + RoPE in attention)": ["--enable-mepic"]}
 FILLER = (
@@ -39,24 +36,7 @@ FILLER = (
 
 
 def _start(model: str, port: int, extra: list[str], log: Path) -> Any:
-    cmd = [
-        sys.executable, "-m", "sglang.launch_server", "--model-path", model,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--sleep-on-idle", "--max-total-tokens", "16384", *extra,
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {cmd}")
-        try:
-            if requests.get(f"{url}/health_generate", timeout=60).status_code == 200:
-                return proc, psutil.Process(proc.pid), url
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise TimeoutError("server not ready")
+    return start_server(model, port, extra, log)
 
 
 def _generate(url: str, text: str, new_tokens: int) -> tuple[float, dict[str, Any]]:

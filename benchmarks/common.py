@@ -7,9 +7,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+import requests
 
 
 def add_common_args(parser: argparse.ArgumentParser, port: int) -> None:
@@ -42,3 +46,34 @@ def stop_tree(proc: subprocess.Popen[bytes], root: psutil.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=30)
     proc.wait(timeout=30)
+
+
+def start_server(
+    model: str, port: int, extra: list[str], log: Path, max_total_tokens: int = 16384
+) -> tuple[subprocess.Popen[bytes], psutil.Process, str]:
+    """Stock ``python -m sglang.launch_server`` on CPU (float32, --sleep-on-idle) with ``extra``
+    flags; returns ``(process, its psutil handle, base url)`` once ``/health_generate`` answers."""
+    cmd = [
+        sys.executable, "-m", "sglang.launch_server", "--model-path", model,
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        "--sleep-on-idle", "--max-total-tokens", str(max_total_tokens), *extra,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(900):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {cmd} (log: {log})")
+        try:
+            if requests.get(f"{url}/health_generate", timeout=60).status_code == 200:
+                return proc, psutil.Process(proc.pid), url
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"server not ready (log: {log})")
+
+
+def plugin_state(url: str) -> Any:
+    """``internal_states[0].mepic_sglang`` of a server with the plugin loaded."""
+    info = requests.get(f"{url}/server_info", timeout=60).json()
+    return info["internal_states"][0]["mepic_sglang"]

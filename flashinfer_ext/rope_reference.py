@@ -57,6 +57,24 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, table: RopeTable) -> to
     return torch.cat((rotated, rest), dim=-1)
 
 
+class AttentionGroups(NamedTuple):
+    """Who may attend to whom besides the position rule (``key position <= query position``).
+
+    Group 0 is the request's context; group ``g > 0`` is one chunk encoded on its own. A query of
+    group 0 sees the keys with ``k_context``; a query of group ``g`` sees only keys of group ``g``.
+    """
+
+    q_group: torch.Tensor  # [n_q] int
+    k_group: torch.Tensor  # [n_k] int
+    k_context: torch.Tensor  # [n_k] bool
+
+    def visible(self) -> torch.Tensor:
+        """``[n_q, n_k]`` bool."""
+        same = self.k_group.unsqueeze(0) == self.q_group.unsqueeze(1)
+        ctx = self.q_group.unsqueeze(1) == 0
+        return torch.where(ctx, self.k_context.unsqueeze(0), same)
+
+
 def attention_with_positions(
     q: torch.Tensor,
     k_nope: torch.Tensor,
@@ -65,6 +83,7 @@ def attention_with_positions(
     k_positions: torch.Tensor,
     table: RopeTable,
     scale: float,
+    groups: AttentionGroups | None = None,
 ) -> torch.Tensor:
     """One request's attention.
 
@@ -75,6 +94,8 @@ def attention_with_positions(
         q_positions: ``[n_q]`` positions of the queries in the request (any order, any gaps).
         k_positions: ``[n_k]`` positions of the keys in the request.
         scale: softmax scale.
+        groups: optional visibility groups (MEPIC cold chunks encoded on their own inside the
+            same forward, see :class:`AttentionGroups`); None means every key is context.
 
     Returns:
         ``[n_q, q_heads, v_head_size]``. Every query must see at least one key
@@ -90,7 +111,10 @@ def attention_with_positions(
         and torch.equal(q_positions, k_positions)
         and bool((k_positions[1:] > k_positions[:-1]).all())
     )
+    full_causal = full_causal and groups is None
     mask = None if full_causal else k_positions.unsqueeze(0) <= q_positions.unsqueeze(1)
+    if mask is not None and groups is not None:
+        mask = mask & groups.visible()
     out = scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k.transpose(0, 1).unsqueeze(0),

@@ -12,8 +12,11 @@ Per request ``r`` of a batch (``row = req_to_token[req_pool_indices[r]]``)::
                               (extend: any subset of [0, seq_len), decode: seq_len - 1)
 
 Keys are gathered from ``row[:seq_len]``, rotated at their row index, and each query attends to
-the keys whose position is <= its own. Unlike SGLang's ``torch_native`` (which pads the query to
-the whole sequence), only the query rows of this forward are computed.
+the keys whose position is <= its own. An extend that encodes a MEPIC chunk on its own (a cold
+chunk) adds scratch keys after the row (``extra_slots`` at ``extra_positions``) and visibility
+groups (:class:`flashinfer_ext.rope_reference.AttentionGroups`). Unlike SGLang's
+``torch_native`` (which pads the query to the whole sequence), only the query rows of this forward
+are computed.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from flashinfer_ext.rope_reference import RopeTable, attention_with_positions
+from flashinfer_ext.rope_reference import AttentionGroups, RopeTable, attention_with_positions
 
 BACKEND_NAME = "mepic"
+# ForwardBatch.model_specific_states key set by mepic_sglang.chunk_batch for extends that encode
+# cold chunks: {request index in batch: {q_group, k_group, k_context, extra_slots, extra_positions}}
+GROUPS_KEY = "mepic_attention"
 
 
 class MissingRopeError(RuntimeError):
@@ -76,18 +82,28 @@ class MepicTorchAttnBackend(TorchNativeAttnBackend):
         positions = forward_batch.positions
         seq_lens = forward_batch.seq_lens_cpu.tolist()
         rows = forward_batch.req_pool_indices.tolist()
+        states = getattr(forward_batch, "model_specific_states", None) or {}
+        groups_by_req = states.get(GROUPS_KEY) or {}
         start = 0
-        for row, seq_len, n_q in zip(rows, seq_lens, q_counts, strict=True):
+        for r, (row, seq_len, n_q) in enumerate(zip(rows, seq_lens, q_counts, strict=True)):
             end = start + n_q
             slots = req_to_token[row, :seq_len]
+            k_pos = torch.arange(seq_len, device=positions.device)
+            extra = groups_by_req.get(r)
+            groups = None
+            if extra is not None:
+                slots = torch.cat([slots.to(extra["extra_slots"].dtype), extra["extra_slots"]])
+                k_pos = torch.cat([k_pos, extra["extra_positions"].to(k_pos.dtype)])
+                groups = AttentionGroups(extra["q_group"], extra["k_group"], extra["k_context"])
             out[start:end] = attention_with_positions(
                 q_[start:end],
                 k_buf[slots],
                 v_buf[slots],
                 positions[start:end],
-                torch.arange(seq_len, device=positions.device),
+                k_pos,
                 table,
                 layer.scaling,
+                groups,
             )
             start = end
         return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)

@@ -27,6 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mepic_sglang import model_support
+from mepic_sglang.recompute import POLICIES
+
+MEPIC_RADIX_CACHE_BACKEND = "mepic"
+# SGLang features whose row/batch handling MEPIC's non-contiguous extend does not support (yet).
+_MEPIC_CONFLICTS = (
+    ("enable_mixed_chunk", "--enable-mixed-chunk", lambda v: bool(v)),
+    ("speculative_algorithm", "--speculative-algorithm", lambda v: v not in (None, "", "NONE")),
+    ("enable_dp_attention", "--enable-dp-attention", lambda v: bool(v)),
+    ("disaggregation_mode", "--disaggregation-mode", lambda v: v not in (None, "null")),
+    ("enable_hierarchical_cache", "--enable-hierarchical-cache", lambda v: bool(v)),
+)
 
 ATTR = "_mepic_plugin_args"
 DEFAULT_MEPIC_PAGE_SIZE = 16
@@ -62,6 +73,18 @@ class PluginArgs:
         "separators a chunk. Empty: off (chunks are marked with mepic_segments only). "
         "Needs --enable-mepic.",
     )
+    mepic_recompute: str = flag(
+        "first-page",
+        "Which head of every reused chunk is recomputed in the request's context (private "
+        "pages); the rest of the chunk is read from one shared copy. 'first-page' (MEPIC), "
+        "'first-k-tokens' (EPIC; see --mepic-recompute-k), 'none'.",
+        choices=tuple(POLICIES),
+    )
+    mepic_recompute_k: int = flag(
+        16,
+        "With --mepic-recompute first-k-tokens: recompute the pages holding each chunk's first K "
+        "tokens.",
+    )
     mepic_compat_check: str = flag(
         "strict",
         "What to do when the installed SGLang is not the version this plugin was built for, or a "
@@ -81,6 +104,8 @@ class PluginArgs:
             return
         if getattr(server_args, "attention_backend", None) is None:
             server_args.attention_backend = model_support.MEPIC_ATTENTION_BACKEND
+        if getattr(server_args, "radix_cache_backend", None) is None:
+            server_args.radix_cache_backend = MEPIC_RADIX_CACHE_BACKEND
         if getattr(server_args, "page_size", None) is None:
             # NOTE: chunks are padded to page boundaries; 16 as in the MEPIC paper (vLLM blocks).
             server_args.page_size = DEFAULT_MEPIC_PAGE_SIZE
@@ -102,6 +127,23 @@ class PluginArgs:
                 "argument --enable-mepic: MEPIC keeps chunk pages beside the radix prefix cache; "
                 "it cannot run with --disable-radix-cache"
             )
+        if self.mepic_recompute not in POLICIES:
+            out.append(
+                f"argument --mepic-recompute: invalid choice {self.mepic_recompute!r} "
+                f"(choose from {', '.join(map(repr, POLICIES))})"
+            )
+        if self.mepic_recompute_k < 1:
+            out.append(f"argument --mepic-recompute-k: must be >= 1, got {self.mepic_recompute_k}")
+        if self.enable_mepic:
+            backend = getattr(server_args, "radix_cache_backend", None)
+            if backend != MEPIC_RADIX_CACHE_BACKEND:
+                out.append(
+                    f"argument --radix-cache-backend: {backend!r} cannot run with --enable-mepic "
+                    f"(chunk pages live in the {MEPIC_RADIX_CACHE_BACKEND!r} cache, the default)"
+                )
+            for name, cli, is_on in _MEPIC_CONFLICTS:
+                if is_on(getattr(server_args, name, None)):
+                    out.append(f"argument {cli}: not supported with --enable-mepic yet")
         if self.mepic_chunk_separator and not self.enable_mepic:
             out.append("argument --mepic-chunk-separator: needs --enable-mepic")
         mepic_attention = model_support.uses_mepic_attention(server_args)

@@ -13,10 +13,16 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | Scheduler.get_internal_state             | AFTER | ``/server_info`` shows the scheduler's view   |
 | {Llama,Qwen2,Qwen3}Attention.__init__    | AFTER | NoPE keys: rotate q only, hand RoPE to attn   |
 | TokenizerManager.generate_request        | AROUND| chunk segments -> page-aligned token ids      |
+| PrefillAdder._select_prefill_admission   | AROUND| budget scratch heads; never chunk MEPIC reqs  |
+| PrefillAdder._commit_prefill_admission   | AFTER | acquire the shared chunk entries a req reads  |
+| ScheduleBatch.prepare_for_extend         | AFTER | non-contiguous extend: row, ids, slots        |
+| ForwardBatch.init_new                    | AFTER | real positions + attention groups             |
+| mem_cache.common.release_kv_cache        | BEFORE| row back to [shared | private]; release refs  |
 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
 - ``register_attention_backend`` + ``add_attention_backend_choices``: ``--attention-backend mepic``
+- ``register_radix_cache_backend``: ``--radix-cache-backend mepic`` (radix tree + chunk store)
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from mepic_sglang import flags, model_support, nope, observe, request_api
+from mepic_sglang import chunk_batch, flags, model_support, nope, observe, request_api
 
 
 class HookSpec(NamedTuple):
@@ -36,6 +42,7 @@ class HookSpec(NamedTuple):
 
 _SERVER_ARGS = "sglang.srt.server_args.ServerArgs"
 _SCHEDULER = "sglang.srt.managers.scheduler.Scheduler"
+_ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
 _ATTENTION_INIT = {
     "sglang.srt.models.llama.LlamaAttention.__init__": (
         "self", "config", "hidden_size", "num_heads", "num_kv_heads", "layer_id", "start_layer",
@@ -79,11 +86,60 @@ HOOKS: tuple[HookSpec, ...] = (
         request_api.around_generate_request,
         ("self", "obj", "request"),
     ),
+    HookSpec(
+        f"{_ADDER}._select_prefill_admission",
+        "AROUND",
+        chunk_batch.around_select_admission,
+        (
+            "self",
+            "req",
+            "total_tokens",
+            "host_hit_length",
+            "swa_host_hit_length",
+            "truncation_align_size",
+            "has_chunked_req",
+        ),
+    ),  # fmt: skip
+    HookSpec(
+        f"{_ADDER}._commit_prefill_admission",
+        "AFTER",
+        chunk_batch.after_commit_admission,
+        ("self", "req", "admission", "mamba_gap_reserve"),
+    ),
+    HookSpec(
+        "sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_extend",
+        "AFTER",
+        chunk_batch.after_prepare_for_extend,
+        ("self",),
+    ),
+    HookSpec(
+        "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
+        "AFTER",
+        chunk_batch.after_forward_batch_init,
+        (
+            "batch",
+            "model_runner",
+            "capture_hidden_mode",
+            "return_hidden_states_before_norm",
+            "extend_position_info",
+            "spec_mrope_positions",
+            "kv_loc_plan",
+            "write_cols",
+        ),
+    ),  # fmt: skip
+    HookSpec(
+        "sglang.srt.mem_cache.common.release_kv_cache",
+        "BEFORE",
+        chunk_batch.before_release_kv_cache,
+        ("req", "tree_cache", "checkpoint"),
+    ),
 )
 
 # Registry functions we call, with their parameters (checked like the hook targets).
 REGISTRY_SEAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
+    ("sglang.srt.mem_cache.registry.register_radix_cache_backend", ("name", "factory")),
+    ("sglang.srt.mem_cache.registry.create_unified_radix_cache", ("ctx", "cache_class")),
 )
 
 
@@ -97,6 +153,16 @@ def _register_attention_backends() -> None:
     register_attention_backend(model_support.MEPIC_ATTENTION_BACKEND)(create_backend)
 
 
+def _register_radix_cache_backend() -> None:
+    from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
+
+    from mepic_sglang.chunk_cache import create_mepic_cache
+
+    # NOTE: register() runs once per process, but Engine users may load plugins twice.
+    if get_radix_cache_factory(flags.MEPIC_RADIX_CACHE_BACKEND) is None:
+        register_radix_cache_backend(flags.MEPIC_RADIX_CACHE_BACKEND, create_mepic_cache)
+
+
 def register_all() -> None:
     """Register every row with SGLang (hooks are applied by ``load_plugins()``)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
@@ -104,3 +170,4 @@ def register_all() -> None:
     for spec in HOOKS:
         HookRegistry.register(spec.target, spec.fn, HookType[spec.kind])
     _register_attention_backends()
+    _register_radix_cache_backend()

@@ -42,18 +42,61 @@ def after_scheduler_init(result: None, scheduler: Any, *args: Any, **kwargs: Any
         " ".join(f"{k}={v}" for k, v in state["args"].items()),
     )
     if state["args"]["enable_mepic"]:
-        # TODO(#4): remove once chunk caching lands; until then say so instead of pretending.
-        logger.warning(
-            "mepic-sglang: --enable-mepic: keys are stored without RoPE and rotated inside "
-            "attention (%d layers), but chunk caching is not implemented in this version yet; "
-            "prompts are cached by SGLang's radix prefix cache",
+        logger.info(
+            "mepic-sglang: chunk cache %s, %d attention layers store keys without RoPE",
+            type(scheduler.tree_cache).__name__,
             state["nope_attention_layers"],
         )
     for problem in state["compat_problems"]:
         logger.warning("mepic-sglang compatibility: %s", problem)
 
 
+def pool_state(scheduler: Any) -> dict[str, int]:
+    """The KV pool in tokens, for any server (stock included), so benchmarks compare alike."""
+    cache = scheduler.tree_cache
+    allocator = scheduler.token_to_kv_pool_allocator
+    return {
+        "total_tokens": int(scheduler.max_total_num_tokens),
+        "available_tokens": int(allocator.available_size()),
+        "evictable_tokens": int(cache.evictable_size()),
+        "protected_tokens": int(cache.protected_size()),
+        "running_requests": len(scheduler.running_batch.reqs),
+    }
+
+
+def chunk_state(scheduler: Any) -> dict[str, Any] | None:
+    """Chunk-store counters, the running requests' rows and a full pool integrity check."""
+    cache = scheduler.tree_cache
+    store = getattr(cache, "mepic_store", None)
+    if store is None:
+        return None
+    out: dict[str, Any] = {"store": store.snapshot(), "policy": cache.mepic_policy.name}
+    # NOTE: get_internal_state runs between scheduler steps, so the running batch is exactly the
+    # set of requests that hold KV rows.
+    live = list(scheduler.running_batch.reqs)
+    out["running"] = [
+        {
+            "rid": r.rid,
+            "allocated_tokens": int(r.kv.kv_allocated_len),
+            "protected_tokens": int(r.kv.cache_protected_len),
+        }
+        for r in live
+        if r.kv.holds_kv
+    ]
+    try:
+        out["pages"] = cache.check_integrity(live)
+        out["integrity"] = "ok"
+    except AssertionError as e:
+        logger.error("mepic-sglang: pool integrity check failed: %s", e)
+        out["integrity"] = f"FAILED: {e}"
+    return out
+
+
 def after_get_internal_state(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
     """AFTER ``Scheduler.get_internal_state``: add :func:`plugin_state` to the reply."""
-    result.internal_state[INTERNAL_STATE_KEY] = plugin_state(scheduler.server_args)
+    state = plugin_state(scheduler.server_args)
+    state["pool"] = pool_state(scheduler)
+    if (chunks := chunk_state(scheduler)) is not None:
+        state["chunks"] = chunks
+    result.internal_state[INTERNAL_STATE_KEY] = state
     return result

@@ -1,15 +1,17 @@
 """Tokenizer-side MEPIC request handling: segments in, canonical page-aligned token ids out.
 
 An AROUND hook on ``TokenizerManager.generate_request`` (launcher process) sees every generate
-request (``/generate``, OpenAI ``/v1/completions``; chat follows with per-part markers) with the
-raw HTTP request. When the request marks chunks (``mepic_segments`` in the body, or separator
-mode) and the server runs with ``--enable-mepic``, it
+request (``/generate``, OpenAI ``/v1/completions`` and ``/v1/chat/completions``) with the raw HTTP
+request. When the request marks chunks (``mepic_segments`` in the body, chat content parts with
+``"mepic_chunk": true`` (:mod:`mepic_sglang.chat_parts`), or separator mode) and the server runs
+with ``--enable-mepic``, it
 
 1. parses and validates the segments (:mod:`mepic_sglang.segments`; errors become HTTP 400),
 2. tokenises every segment on its own and lays them out on pages (:mod:`mepic_sglang.layout`),
 3. replaces the request's text by those token ids and records the layout in
    ``sampling_params.custom_params`` (``mepic_regions``, ``mepic_chunk_keys``) for the scheduler,
-4. adds ``meta_info["mepic"]`` (chunks, pad tokens, page size) to every output.
+4. adds ``meta_info["mepic"]`` (chunks, pad tokens, page size, shared and recomputed tokens) to
+   every output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from mepic_sglang import chat_parts
 from mepic_sglang.flags import get_plugin_args
 from mepic_sglang.layout import KIND_CODE, Layout, build_layout
 from mepic_sglang.segments import Segment, SegmentError, parse_segments, split_by_separator
@@ -35,9 +38,11 @@ def pad_token_id(tokenizer: Any) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def tokenise(tokenizer: Any, segments: list[Segment]) -> list[tuple[str, list[int]]]:
-    """Each segment on its own, without special tokens; the tokenizer's leading special tokens
-    (e.g. BOS) become the head of the first text segment."""
+def tokenise(
+    tokenizer: Any, segments: list[Segment], add_special_tokens: bool = True
+) -> list[tuple[str, list[int]]]:
+    """Each segment on its own, without special tokens; with ``add_special_tokens`` the
+    tokenizer's leading special tokens (e.g. BOS) become the head of the first text segment."""
     out: list[tuple[str, list[int]]] = []
     for seg in segments:
         ids = (
@@ -48,7 +53,7 @@ def tokenise(tokenizer: Any, segments: list[Segment]) -> list[tuple[str, list[in
         if not ids:
             raise SegmentError(f"a {seg.kind} segment tokenises to nothing: {seg.text!r}")
         out.append((seg.kind, ids))
-    specials = tokenizer.encode("", add_special_tokens=True)
+    specials = tokenizer.encode("", add_special_tokens=True) if add_special_tokens else []
     if specials:
         if out[0][0] == "text":
             out[0] = ("text", [*specials, *out[0][1]])
@@ -71,12 +76,20 @@ def custom_params(layout: Layout) -> dict[str, Any]:
     }
 
 
-def meta(layout: Layout) -> dict[str, Any]:
-    return {
+def meta(layout: Layout, meta_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``meta_info["mepic"]``. The scheduler reports a chunked request's shared-page tokens as its
+    cached prefix, so SGLang's own ``cached_tokens`` is what was served from shared chunk pages
+    and the rest of the prompt was recomputed (cold chunks also compute their scratch head)."""
+    out: dict[str, Any] = {
         "chunks": len(layout.chunk_regions),
         "pad_tokens": layout.pad_tokens,
         "page_size": layout.page_size,
     }
+    if meta_info is not None and "cached_tokens" in meta_info:
+        shared = int(meta_info["cached_tokens"])
+        out["shared_tokens"] = shared
+        out["recomputed_tokens"] = len(layout.token_ids) - shared
+    return out
 
 
 async def _json_body(request: Any) -> Any:
@@ -98,13 +111,19 @@ async def _json_body(request: Any) -> Any:
         return None
 
 
-async def _requested_segments(manager: Any, obj: Any, request: Any) -> list[Segment] | None:
+async def _requested_segments(
+    manager: Any, obj: Any, request: Any
+) -> tuple[list[Segment], bool] | None:
+    """``(segments, add_special_tokens)`` when the request marks chunks, else None."""
     args = get_plugin_args(manager.server_args)
     if not args.enable_mepic:
         # NOTE: without --enable-mepic the server behaves as stock SGLang, which ignores unknown
         # body keys; no body is read on this hot path.
         return None
     body = await _json_body(request)
+    if chat_parts.has_flagged_parts(body):
+        # NOTE: the rendered template already holds the model's special tokens (BOS, ...).
+        return chat_parts.chat_segments(manager.tokenizer, body), False
     raw = body.get(BODY_KEY) if isinstance(body, dict) else None
     if raw is not None:
         if not isinstance(obj.text, str | None) or obj.input_ids is not None:
@@ -116,22 +135,64 @@ async def _requested_segments(manager: Any, obj: Any, request: Any) -> list[Segm
             raise SegmentError(
                 f"the prompt must be empty or exactly the concatenation of the {BODY_KEY} texts"
             )
-        return segments
+        return segments, True
     sep = args.mepic_chunk_separator
     if args.enable_mepic and sep and isinstance(obj.text, str) and obj.input_ids is None:
-        return split_by_separator(obj.text, sep)
+        pieces = split_by_separator(obj.text, sep)
+        return None if pieces is None else (pieces, True)
     return None
 
 
-def plan(manager: Any, obj: Any, segments: list[Segment]) -> Layout:
-    server_args = manager.server_args
-    tokenizer = manager.tokenizer
+def check_request(manager: Any, obj: Any, layout: Layout) -> None:
+    """What a chunked request cannot ask for (HTTP 400 via SegmentError)."""
+    sampling = obj.sampling_params if isinstance(obj.sampling_params, dict) else {}
+    custom = sampling.get("custom_params") or {}
+    if any(str(k).startswith("mepic_") for k in custom):
+        raise SegmentError("custom_params keys starting with 'mepic_' are reserved for the plugin")
+    start = getattr(obj, "logprob_start_len", None)
+    if getattr(obj, "return_logprob", False) and start not in (None, -1):
+        raise SegmentError(
+            "input-token logprobs (logprob_start_len >= 0) are not available for requests with "
+            "chunks: chunk tokens are read from shared pages, not computed"
+        )
+    limit = getattr(manager.server_args, "chunked_prefill_size", None)
+    if limit is not None and 0 < limit < len(layout.token_ids):
+        raise SegmentError(
+            f"the laid-out prompt has {len(layout.token_ids)} tokens; a request with chunks is "
+            f"prefilled in one step, so it must fit --chunked-prefill-size ({limit})"
+        )
+
+
+def layout_segments(
+    tokenizer: Any,
+    segments: list[Segment],
+    *,
+    page_size: int,
+    salt: str = "",
+    model: str = "",
+    add_special_tokens: bool = True,
+) -> Layout:
+    """The canonical layout of ``segments`` as the server builds it (also for tests/benchmarks)."""
     return build_layout(
-        tokenise(tokenizer, segments),  # type: ignore[arg-type]
-        page_size=int(server_args.page_size or 1),
+        tokenise(tokenizer, segments, add_special_tokens),  # type: ignore[arg-type]
+        page_size=page_size,
         pad_id=pad_token_id(tokenizer),
+        salt=salt,
+        model=model,
+    )
+
+
+def plan(
+    manager: Any, obj: Any, segments: list[Segment], add_special_tokens: bool = True
+) -> Layout:
+    server_args = manager.server_args
+    return layout_segments(
+        manager.tokenizer,
+        segments,
+        page_size=int(server_args.page_size or 1),
         salt=getattr(obj, "cache_salt", None) or "",
         model=str(server_args.model_path),
+        add_special_tokens=add_special_tokens,
     )
 
 
@@ -143,9 +204,10 @@ def around_generate_request(
     async def run() -> AsyncIterator[Any]:
         layout = None
         if type(obj).__name__ == "GenerateReqInput":
-            segments = await _requested_segments(manager, obj, request)
-            if segments is not None:
-                layout = plan(manager, obj, segments)
+            found = await _requested_segments(manager, obj, request)
+            if found is not None:
+                layout = plan(manager, obj, *found)
+                check_request(manager, obj, layout)
                 obj.text = None
                 obj.input_ids = list(layout.token_ids)
                 sampling = dict(obj.sampling_params or {})
@@ -156,7 +218,7 @@ def around_generate_request(
                 obj.sampling_params = sampling
         async for out in original(manager, obj, request):
             if layout is not None and isinstance(out, dict) and "meta_info" in out:
-                out["meta_info"][META_KEY] = meta(layout)
+                out["meta_info"][META_KEY] = meta(layout, out["meta_info"])
             yield out
 
     return run()

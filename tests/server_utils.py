@@ -64,8 +64,12 @@ def _name(p: psutil.Process) -> str:
         return "<gone>"
 
 
-def start_server(model: Path, extra_args: list[str], log_path: Path) -> ServerHandle:
-    """Launch ``python -m sglang.launch_server`` and wait until ``/health_generate`` answers."""
+def start_server(
+    model: Path, extra_args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> ServerHandle:
+    """Launch ``python -m sglang.launch_server`` and wait until ``/health_generate`` answers.
+
+    ``env``: extra environment variables for the server processes."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "sglang.launch_server",
@@ -73,7 +77,13 @@ def start_server(model: Path, extra_args: list[str], log_path: Path) -> ServerHa
         *CPU_ARGS, *extra_args,
     ]  # fmt: skip
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -60,8 +60,9 @@ def test_strict_compat_refuses_features_on_unsupported_sglang() -> None:
     def drift() -> list[str]:
         return ["sglang 9.9 is installed, mepic-sglang needs 0.5.23"]
 
-    class Record:  # attention backend already defaulted to mepic by apply_defaults
+    class Record:  # backends already defaulted to mepic by apply_defaults
         attention_backend = "mepic"
+        radix_cache_backend = "mepic"
 
     strict = PluginArgs(enable_mepic=True)
     assert any("--mepic-compat-check" in p for p in strict.problems(Record(), drift))
@@ -87,6 +88,22 @@ def test_attach_plugin_args_for_engine_users() -> None:
         attach_plugin_args(bad, enable_mepic=True)
     with pytest.raises(PluginArgError, match="--mepic-compat-check"):
         attach_plugin_args(FakeRecord(), mepic_compat_check="loose")
+
+
+def test_enable_mepic_selects_the_chunk_cache(prepare) -> None:  # type: ignore[no-untyped-def]
+    args = prepare("--enable-mepic")
+    assert args.radix_cache_backend == "mepic" and args.page_size == 16
+    assert get_plugin_args(args).mepic_recompute == "first-page"
+    picked = prepare(
+        "--enable-mepic", "--mepic-recompute", "first-k-tokens", "--mepic-recompute-k", "5"
+    )
+    assert get_plugin_args(picked).mepic_recompute_k == 5
+    with pytest.raises(SystemExit, match="argument --radix-cache-backend"):
+        prepare("--enable-mepic", "--radix-cache-backend", "other")
+    with pytest.raises(SystemExit, match="argument --enable-mixed-chunk: not supported"):
+        prepare("--enable-mepic", "--enable-mixed-chunk")
+    with pytest.raises(SystemExit, match="argument --mepic-recompute-k"):
+        prepare("--enable-mepic", "--mepic-recompute-k", "0")
 
 
 def test_enable_mepic_selects_rope_in_attention(prepare) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from flashinfer_ext.rope_reference import RopeTable, apply_rope, attention_with_positions
+from flashinfer_ext.rope_reference import (
+    AttentionGroups,
+    RopeTable,
+    apply_rope,
+    attention_with_positions,
+)
 
 MAX_POS = 512
 
@@ -35,15 +40,22 @@ def test_apply_rope_is_bit_identical_to_sglang(
     assert torch.equal(ours.reshape(n, -1), k_sglang)
 
 
-def ref_attention(q, k_nope, v, q_pos, k_pos, table, scale):  # type: ignore[no-untyped-def]
+def ref_attention(q, k_nope, v, q_pos, k_pos, table, scale, groups=None):  # type: ignore[no-untyped-def]
     """One query, one head at a time: the definition, written out."""
+
+    def sees(i: int, j: int) -> bool:
+        if groups is None:
+            return True
+        q_group, k_group, k_context = groups
+        return bool(k_context[j]) if q_group[i] == 0 else bool(k_group[j] == q_group[i])
+
     k = apply_rope(k_nope, k_pos, table)
     n_q, q_heads, _ = q.shape
     group = q_heads // k.shape[1]
     out = torch.zeros((n_q, q_heads, v.shape[2]), dtype=torch.float64)
     for i in range(n_q):
         for h in range(q_heads):
-            allowed = [j for j in range(k.shape[0]) if k_pos[j] <= q_pos[i]]
+            allowed = [j for j in range(k.shape[0]) if k_pos[j] <= q_pos[i] and sees(i, j)]
             scores = [float(q[i, h] @ k[j, h // group]) * scale for j in allowed]
             top = max(scores)
             weights = [math.exp(s - top) for s in scores]
@@ -116,3 +128,25 @@ def test_shifting_every_position_keeps_the_output(shift: int) -> None:
         q = apply_rope(q_nope, pos, table)
         outs.append(attention_with_positions(q, k_nope, v, pos, pos, table, head**-0.5))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_attention_groups_match_definition(seed: int) -> None:
+    """A cold chunk encoded on its own inside a request's extend (see mepic_sglang.chunk_plan):
+    context [0,4), chunk head in context [4,8), chunk shared [8,16) (group 1), text [16,20),
+    scratch copy of the chunk head at positions [4,8) (group 1, hidden from the context)."""
+    g = torch.Generator().manual_seed(seed)
+    head, q_heads, kv_heads = 16, 4, 2
+    table = RopeTable.from_module(_sglang_rope(head, head, True, torch.float32))
+    k_pos = torch.cat([torch.arange(20), torch.arange(4, 8)])
+    k_group = torch.tensor([0] * 8 + [1] * 8 + [0] * 4 + [1] * 4)
+    k_context = torch.tensor([True] * 20 + [False] * 4)
+    q_pos = torch.cat([torch.arange(4, 8), torch.arange(20)])
+    q_group = torch.tensor([1] * 4 + [0] * 8 + [1] * 8 + [0] * 4)
+    q = torch.randn((len(q_pos), q_heads, head), generator=g)
+    k_nope = torch.randn((len(k_pos), kv_heads, head), generator=g)
+    v = torch.randn((len(k_pos), kv_heads, 8), generator=g)
+    groups = AttentionGroups(q_group, k_group, k_context)
+    ours = attention_with_positions(q, k_nope, v, q_pos, k_pos, table, 0.25, groups)
+    ref = ref_attention(q, k_nope, v, q_pos, k_pos, table, 0.25, groups)
+    torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,229 @@
+"""Scheduler-side MEPIC hooks: admission, the non-contiguous extend, release.
+
+Life of a MEPIC request in the scheduler (hook targets are rows of :mod:`mepic_sglang.hooks`)::
+
+    step                         SGLang does                       we do
+    ---------------------------  --------------------------------  -------------------------------
+    match_prefix (chunk_cache)   prefix_len := S (shared tokens)   plan; skip radix insert
+    _select_prefill_admission    budget for L - S tokens           + scratch heads; never chunk
+    _commit_prefill_admission    lock last_node                    acquire warm chunk entries
+    prepare_for_extend           row = [S shared | L-S fresh]      row -> logical order, scratch,
+                                 extend ids = fill[S:]             extend ids/slots, publish cold
+    ForwardBatch.init_new        positions = S..L-1                real positions, attention groups
+    release_kv_cache             free row[cpl:owned)               row -> [shared | private] first,
+                                                                   free scratch, release entries
+
+``cache_protected_len`` of a MEPIC request counts its shared tokens (warm + published), which the
+store accounts for; SGLang's "uncached" count is then exactly its private pages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mepic_sglang.chunk_cache import REQ_PLAN, req_layout
+from mepic_sglang.chunk_plan import ExtendLayout, Plan, extend_layout, logical_row
+
+logger = logging.getLogger(__name__)
+
+REQ_STATE = "_mepic_state"  # Req attribute: ReqState from admission to release
+BATCH_META = "_mepic_extend"  # ScheduleBatch attribute: {batch index: ReqExtend}
+FB_KEY = "mepic_attention"  # ForwardBatch.model_specific_states key read by the backend
+
+
+@dataclass
+class ReqState:
+    plan: Plan
+    acquired: list[str] = field(default_factory=list)  # entry keys this request holds
+    published: list[tuple[int, int]] = field(default_factory=list)  # spans it published
+    scratch: torch.Tensor | None = None
+    applied: bool = False
+
+
+@dataclass(frozen=True)
+class ReqExtend:
+    layout: ExtendLayout
+    scratch_slots: torch.Tensor
+
+
+def _store(tree_cache: Any) -> Any:
+    return tree_cache.mepic_store
+
+
+# ---- admission ---------------------------------------------------------------------------------
+def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) -> Any:
+    """Budget the scratch heads of cold chunks; a MEPIC extend is never split (chunked)."""
+    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
+    if plan is None:
+        return original(adder, req, **kwargs)
+    kwargs["total_tokens"] = kwargs["total_tokens"] + plan.scratch_tokens
+    result = original(adder, req, **kwargs)
+    if getattr(result, "is_chunked", False):
+        # NOTE: a chunked prefill would continue from row[:prefix_len] as a plain prefix; the
+        # request waits for a round with room for its whole extend (the tokenizer side refuses
+        # prompts longer than --chunked-prefill-size).
+        from sglang.srt.managers.schedule_policy import AddReqResult
+
+        return AddReqResult.OTHER
+    return result
+
+
+def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> None:
+    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
+    if plan is None:
+        return
+    store = _store(adder.tree_cache)
+    keys = [u.key for u in plan.warm]
+    store.acquire(keys)
+    # NOTE: SGLang charged the round's budget for the extend only; charge the scratch heads too,
+    # so the requests admitted after this one in the same round still fit (PrefillBudget).
+    budget = getattr(adder, "memory_budget", None)
+    if plan.scratch_tokens and budget is not None and hasattr(budget, "total_offset"):
+        budget.total_offset += plan.scratch_tokens
+        budget.current_offset += plan.scratch_tokens
+    store.stats.hits += len(plan.warm)
+    store.stats.misses += len(plan.cold)
+    setattr(req, REQ_STATE, ReqState(plan, acquired=keys))
+    adder.tree_cache.mepic_metrics.sync(store)
+
+
+# ---- the extend --------------------------------------------------------------------------------
+def _alloc_scratch(tree_cache: Any, n: int) -> torch.Tensor | None:
+    allocator = tree_cache.token_to_kv_pool_allocator
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=allocator.device)
+    allocator.evict_to_free_tokens(tree_cache, n)
+    out = allocator.alloc(n)
+    return None if out is None else out.to(torch.int64)
+
+
+def after_prepare_for_extend(result: Any, batch: Any) -> None:
+    """Lay out every MEPIC request of a new prefill batch (see the module table)."""
+    states = [getattr(r, REQ_STATE, None) for r in batch.reqs]
+    if not any(s is not None and not s.applied for s in states):
+        return
+    tree_cache = batch.tree_cache
+    store = _store(tree_cache)
+    row_table = batch.req_to_token_pool.req_to_token
+    old_lens = list(batch.extend_lens)
+    ids_parts = list(torch.split(batch.prefill_input_ids_cpu, old_lens))
+    loc_parts = list(torch.split(batch.out_cache_loc, old_lens))
+    meta: dict[int, ReqExtend] = {}
+    for i, (req, state) in enumerate(zip(batch.reqs, states, strict=True)):
+        if state is None or state.applied:
+            continue
+        plan = state.plan
+        assert (
+            req.prefix_len == plan.shared_tokens and old_lens[i] == plan.total_len - req.prefix_len
+        )
+        scratch = _alloc_scratch(tree_cache, plan.scratch_tokens)
+        if scratch is None:
+            logger.warning(
+                "rid %s: no room for scratch heads; cold chunks computed in context", req.rid
+            )
+            plan = Plan(plan.total_len, plan.warm)
+            state.plan = plan
+            scratch = _alloc_scratch(tree_cache, 0)
+        assert scratch is not None
+        state.scratch = scratch
+        store.scratch_tokens += int(scratch.numel())
+        lay = extend_layout(plan)
+        idx = req.kv.req_pool_idx
+        fresh = row_table[idx, plan.shared_tokens : plan.total_len].to(torch.int64).cpu()
+        warm_slots = [store.entries[u.key].slots for u in plan.warm]
+        row = logical_row(plan, warm_slots, fresh)
+        _assert_not_shared(store, fresh, scratch)
+        row_table[idx, : plan.total_len] = row.to(row_table.device, row_table.dtype)
+        fill = torch.as_tensor(list(req.full_untruncated_fill_ids), dtype=torch.int64)
+        ids_parts[i] = fill[lay.positions].to(ids_parts[i].dtype)
+        computed_slots = row[plan.computed_positions()]
+        loc_parts[i] = torch.cat([scratch.cpu(), computed_slots]).to(loc_parts[i])
+        for u in plan.cold:
+            if store.publish(u.key, row[u.shared_start : u.end]):
+                state.published.append((u.shared_start, u.end))
+                state.acquired.append(u.key)
+                req.kv.cache_protected_len += u.end - u.shared_start
+        new_len = int(lay.positions.numel())
+        if batch.extend_logprob_start_lens[i] == old_lens[i]:
+            batch.extend_logprob_start_lens[i] = new_len
+        batch.extend_lens[i] = new_len
+        state.applied = True
+        meta[i] = ReqExtend(lay, scratch)
+    tree_cache.mepic_metrics.sync(store)
+    batch.extend_num_tokens = sum(batch.extend_lens)
+    batch.prefill_input_ids_cpu = torch.cat(ids_parts)
+    batch.out_cache_loc = torch.cat(loc_parts)
+    setattr(batch, BATCH_META, meta)
+
+
+def _assert_not_shared(store: Any, *slot_sets: torch.Tensor) -> None:
+    """A page is never written after it is published: this forward writes none of them."""
+    shared = store.shared_pages()
+    if shared.numel() == 0:
+        return
+    for slots in slot_sets:
+        pages = slots.cpu() // store.page_size
+        assert not torch.isin(pages, shared).any(), "an extend would write a shared chunk page"
+
+
+def after_forward_batch_init(result: Any, *args: Any, **kwargs: Any) -> None:
+    """Real positions and attention groups for the MEPIC requests of an extend."""
+    batch = kwargs.get("batch") or next(a for a in args if hasattr(a, "reqs"))
+    meta: dict[int, ReqExtend] | None = getattr(batch, BATCH_META, None)
+    if not meta or result.forward_mode.is_decode_or_idle():
+        return
+    starts = torch.cumsum(torch.tensor([0, *batch.extend_lens]), 0).tolist()
+    positions = result.positions.clone()
+    device = positions.device
+    per_req: dict[int, dict[str, torch.Tensor]] = {}
+    for i, ext in meta.items():
+        lay = ext.layout
+        positions[starts[i] : starts[i + 1]] = lay.positions.to(device, positions.dtype)
+        per_req[i] = {
+            "q_group": lay.q_group.to(device),
+            "k_group": lay.k_group.to(device),
+            "k_context": lay.k_context.to(device),
+            "extra_slots": ext.scratch_slots.to(device),
+            "extra_positions": lay.scratch_positions.to(device),
+        }
+    result.positions = positions
+    # NOTE: runners copy the ForwardBatch with dataclasses.replace, which keeps declared fields
+    # only; model_specific_states is a declared free-form dict (used by no supported model).
+    result.model_specific_states = {**(result.model_specific_states or {}), FB_KEY: per_req}
+
+
+# ---- release -----------------------------------------------------------------------------------
+def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any) -> None:
+    """Put the row back to ``[shared | private]`` so SGLang frees exactly the private pages."""
+    state: ReqState | None = getattr(req, REQ_STATE, None)
+    if state is None or not req.kv.holds_kv:
+        return
+    setattr(req, REQ_STATE, None)
+    store = _store(tree_cache)
+    if state.applied:
+        plan = state.plan
+        row_table = tree_cache.req_to_token_pool.req_to_token
+        idx = req.kv.req_pool_idx
+        allocated = int(req.kv.kv_allocated_len)
+        row = row_table[idx, :allocated].to(torch.int64).cpu()
+        private = torch.ones(plan.total_len, dtype=torch.bool)
+        shared_parts = []
+        for u in plan.warm:
+            shared_parts.append(row[u.shared_start : u.end])
+            private[u.shared_start : u.end] = False
+        for s, e in state.published:
+            shared_parts.append(row[s:e])
+            private[s:e] = False
+        shared = torch.cat(shared_parts) if shared_parts else row[:0]
+        restored = torch.cat([shared, row[: plan.total_len][private], row[plan.total_len :]])
+        assert restored.numel() == allocated and shared.numel() == req.kv.cache_protected_len
+        row_table[idx, :allocated] = restored.to(row_table.device, row_table.dtype)
+        if state.scratch is not None and state.scratch.numel():
+            tree_cache.token_to_kv_pool_allocator.free(state.scratch)
+        store.scratch_tokens -= 0 if state.scratch is None else int(state.scratch.numel())
+    store.release(state.acquired)
+    tree_cache.mepic_metrics.sync(store)

@@ -1,0 +1,197 @@
+"""``--radix-cache-backend mepic``: SGLang's radix prefix cache + MEPIC chunk store in one pool.
+
+A subclass of SGLang's ``UnifiedRadixCache``. Requests without chunk marks go through the radix
+tree unchanged. For a MEPIC request, ``match_prefix`` plans it (:mod:`mepic_sglang.chunk_plan`) and
+reports the shared-chunk tokens as its "cached prefix": SGLang then charges admission, allocates
+fresh slots and counts ``cached_tokens`` for exactly the tokens the request computes, and
+:mod:`mepic_sglang.chunk_batch` puts every slot at its real position.
+
+Memory accounting: SGLang's pool invariant is ``available + evictable + protected + uncached ==
+total``. Unreferenced chunk entries are evictable, referenced ones and scratch heads protected,
+so the invariant (checked by SGLang when idle) covers chunk pages too. Eviction frees radix
+leaves first, then least-recently-used unreferenced chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, MatchPrefixParams
+from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+from mepic_sglang.chunk_plan import Plan, PlanError, make_plan, parse_layout
+from mepic_sglang.chunk_store import ChunkStore
+from mepic_sglang.metrics import ChunkMetrics
+from mepic_sglang.recompute import RecomputePolicy, make_policy
+
+REQ_LAYOUT = "_mepic_layout"  # Req attribute: parsed (regions, keys), or False
+REQ_PLAN = "_mepic_plan"  # Req attribute: the Plan of the current round
+
+
+def req_layout(req: Any) -> tuple[list[tuple[int, ...]], list[str]] | None:
+    """The request's parsed chunk layout (cached on the Req), None for plain requests."""
+    cached = getattr(req, REQ_LAYOUT, None)
+    if cached is None:
+        custom = getattr(req.sampling_params, "custom_params", None)
+        try:
+            cached = parse_layout(custom) or False
+        except PlanError as e:  # NOTE: the tokenizer side validates; this guards direct IPC
+            import logging
+
+            logging.getLogger(__name__).warning("rid %s: ignoring MEPIC layout: %s", req.rid, e)
+            cached = False
+        setattr(req, REQ_LAYOUT, cached)
+    return cached if isinstance(cached, tuple) else None
+
+
+class MepicRadixCache(UnifiedRadixCache):
+    """Radix prefix cache + chunk store over one KV page pool."""
+
+    mepic_store: ChunkStore
+    mepic_policy: RecomputePolicy
+    mepic_metrics: ChunkMetrics
+
+    def mepic_init(self, policy: RecomputePolicy, *, metrics: bool = False) -> None:
+        self.mepic_store = ChunkStore(page_size=int(self.page_size))
+        self.mepic_policy = policy
+        self.mepic_metrics = ChunkMetrics(metrics)
+
+    # ---- matching ----------------------------------------------------------------------------
+    def match_prefix(self, params: MatchPrefixParams) -> Any:
+        req = params.req
+        layout = req_layout(req) if req is not None else None
+        if layout is None:
+            return super().match_prefix(params)
+        plan = self.plan_request(req, layout)
+        setattr(req, REQ_PLAN, plan)
+        # NOTE: the row is permuted (shared pages in the middle): it must never be inserted
+        # into the radix tree as if it were a plain prefix.
+        req.skip_radix_cache_insert = True
+        shared = plan.shared_tokens
+        return self.tree_core.empty_match_result._replace(
+            device_prefix_len=shared, cache_protected_len=shared
+        )
+
+    def plan_request(self, req: Any, layout: tuple[list[tuple[int, ...]], list[str]]) -> Plan:
+        regions, keys = layout
+        store = self.mepic_store
+
+        def lookup(key: str) -> int | None:
+            entry = store.lookup(key)
+            return None if entry is None else entry.tokens
+
+        return make_plan(
+            regions,
+            keys,
+            total_len=len(req.full_untruncated_fill_ids),
+            page_size=int(self.page_size),
+            policy=self.mepic_policy,
+            lookup=lookup,
+        )
+
+    def prefix_device_indices(self, req: Any) -> torch.Tensor:
+        plan: Plan | None = getattr(req, REQ_PLAN, None)
+        if plan is None or req_layout(req) is None:
+            return super().prefix_device_indices(req)
+        parts = [self.mepic_store.entries[u.key].slots for u in plan.warm]
+        device = self.token_to_kv_pool_allocator.device
+        if not parts:
+            return torch.empty(0, dtype=torch.int64, device=device)
+        return torch.cat(parts).to(device)
+
+    # ---- accounting and eviction -------------------------------------------------------------
+    def evictable_size(self) -> int:
+        return int(super().evictable_size()) + self.mepic_store.evictable_tokens()
+
+    def full_evictable_size(self) -> int:
+        return int(super().full_evictable_size()) + self.mepic_store.evictable_tokens()
+
+    def protected_size(self) -> int:
+        return int(super().protected_size()) + self.mepic_store.protected_tokens()
+
+    def full_protected_size(self) -> int:
+        return int(super().full_protected_size()) + self.mepic_store.protected_tokens()
+
+    def _evict_chunks(self, result: EvictResult, want: int) -> EvictResult:
+        short = want - result.num_tokens_evicted
+        if short > 0:
+            free = self.token_to_kv_pool_allocator.free
+            result.num_tokens_evicted += self.mepic_store.evict(short, free)
+            self.mepic_metrics.sync(self.mepic_store)
+        return result
+
+    def evict(self, params: EvictParams) -> EvictResult:
+        return self._evict_chunks(super().evict(params), params.num_tokens)
+
+    def evict_for_alloc(self, params: EvictParams, **kwargs: Any) -> EvictResult:
+        # NOTE: params.num_tokens is a shortfall: the caller needs that many more free tokens
+        # than the allocator had when it called.
+        allocator = self.token_to_kv_pool_allocator
+        target = allocator.available_size() + params.num_tokens
+        result = super().evict_for_alloc(params, **kwargs)
+        short = target - allocator.available_size()
+        return self._evict_chunks(result, result.num_tokens_evicted + max(short, 0))
+
+    # ---- integrity ---------------------------------------------------------------------------
+    def check_integrity(self, live_reqs: Any = ()) -> dict[str, int]:
+        """Prove every page of the pool is free, radix-owned, shared, scratch or private to
+        exactly one live request, and nothing else; returns the page count of each state.
+
+        ``live_reqs``: the requests that hold a KV row (empty when the scheduler is idle).
+        Page 0 is the allocator's reserved padding page.
+        """
+        from mepic_sglang.chunk_batch import REQ_STATE
+
+        p = int(self.page_size)
+        allocator = self.token_to_kv_pool_allocator
+        total_pages = int(allocator.size) // p
+        self.mepic_store.check_integrity()
+
+        def pages(slots: torch.Tensor) -> set[int]:
+            return set((slots.to(torch.int64).cpu() // p).tolist())
+
+        owner: dict[int, str] = {}
+
+        def claim(ids: set[int], state: str) -> None:
+            for page in ids:
+                prev = owner.setdefault(page, state)
+                assert prev is state, f"page {page} is both {prev} and {state}"
+
+        free = (allocator.get_all_free_pages().to(torch.int64).cpu()).tolist()
+        assert len(free) == len(set(free)), "a free page is listed twice"
+        claim(set(free), "free")
+        claim(pages(self.all_values_flatten()), "radix")
+        claim(set(self.mepic_store.shared_pages().tolist()), "shared")
+        counts = {"free": 0, "radix": 0, "shared": 0, "scratch": 0, "private": 0}
+        rows = self.req_to_token_pool.req_to_token
+        for req in live_reqs:
+            if not req.kv.holds_kv:
+                continue
+            state = getattr(req, REQ_STATE, None)
+            if state is not None and state.scratch is not None:
+                claim(pages(state.scratch), "scratch")
+            row = pages(rows[req.kv.req_pool_idx, : int(req.kv.kv_allocated_len)])
+            claim({pg for pg in row if owner.get(pg) not in ("radix", "shared")}, "private")
+        for name in owner.values():
+            counts[name] += 1
+        missing = set(range(1, total_pages + 1)) - set(owner)
+        assert not missing, f"{len(missing)} pages are in no state (leaked): {sorted(missing)[:8]}"
+        extra = set(owner) - set(range(0, total_pages + 1))
+        assert not extra, f"pages outside the pool: {sorted(extra)[:8]}"
+        return counts
+
+
+def create_mepic_cache(ctx: Any) -> Any:
+    """Factory for SGLang's radix-cache registry (``--radix-cache-backend mepic``)."""
+    from sglang.srt.mem_cache.registry import create_unified_radix_cache
+
+    from mepic_sglang.flags import get_plugin_args
+
+    cache = create_unified_radix_cache(ctx, cache_class=MepicRadixCache)
+    args = get_plugin_args(ctx.server_args)
+    cache.mepic_init(
+        make_policy(args.mepic_recompute, args.mepic_recompute_k),
+        metrics=bool(getattr(ctx.server_args, "enable_metrics", False)),
+    )
+    return cache

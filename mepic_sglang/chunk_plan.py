@@ -1,0 +1,194 @@
+"""Per-request MEPIC plan: which positions are served from shared chunk pages, which are computed.
+
+Pure functions over the layout the tokenizer side sent (``custom_params``) and a store lookup;
+:mod:`mepic_sglang.chunk_batch` applies a plan to SGLang's batch. Positions of one request::
+
+    region             positions                 slots                     attention group
+    -----------------  ------------------------  ------------------------  -------------------------
+    text               computed, in context      private (fresh)           0 (context)
+    chunk head [s,s+h) computed, in context      private (fresh)           0
+    warm chunk [s+h,e) served                    shared entry (read-only)  keys: 0
+    cold chunk [s+h,e) computed ON ITS OWN       fresh, published after    g (queries and keys)
+    cold scratch head  computed ON ITS OWN       scratch (freed at end)    g (keys hidden from 0)
+
+A cold chunk (no entry yet) is encoded standalone inside the same forward: its tokens and a
+scratch copy of its head attend only to group ``g`` (the chunk alone, as if it started the
+prompt; RoPE is relative, so its offset does not matter), while context queries see its shared
+pages but not the scratch head. The result is the same KV a later request will read, so cache
+state never changes the answer. The last region is always computed in context (the model must
+read the prompt's last token), and a chunk whose pages all fall in the head has nothing to share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mepic_sglang.recompute import RecomputePolicy
+
+CHUNK_CODE = 1
+TEXT_CODE = 0
+
+
+class PlanError(ValueError):
+    """The request's MEPIC layout (custom_params) is malformed."""
+
+
+@dataclass(frozen=True)
+class ChunkUse:
+    """One chunk occurrence with something to share: shared span ``[shared_start, end)``."""
+
+    key: str
+    start: int  # first slot of the chunk region (page aligned)
+    shared_start: int  # = start + recomputed head
+    end: int
+    warm: bool  # an entry exists: serve the span from it
+
+    @property
+    def head(self) -> int:
+        return self.shared_start - self.start
+
+
+@dataclass(frozen=True)
+class Plan:
+    total_len: int
+    uses: tuple[ChunkUse, ...]
+
+    @property
+    def warm(self) -> tuple[ChunkUse, ...]:
+        return tuple(u for u in self.uses if u.warm)
+
+    @property
+    def cold(self) -> tuple[ChunkUse, ...]:
+        return tuple(u for u in self.uses if not u.warm)
+
+    @property
+    def shared_tokens(self) -> int:
+        """Tokens served from existing entries (SGLang sees them as the cached prefix)."""
+        return sum(u.end - u.shared_start for u in self.warm)
+
+    @property
+    def scratch_tokens(self) -> int:
+        return sum(u.head for u in self.cold)
+
+    @property
+    def computed_tokens(self) -> int:
+        """Tokens this request's extend computes, scratch heads included."""
+        return self.total_len - self.shared_tokens + self.scratch_tokens
+
+    def computed_positions(self) -> torch.Tensor:
+        """Ascending positions not served from shared pages."""
+        keep = torch.ones(self.total_len, dtype=torch.bool)
+        for u in self.warm:
+            keep[u.shared_start : u.end] = False
+        return torch.nonzero(keep).flatten()
+
+
+def parse_layout(
+    custom: dict[str, object] | None,
+) -> tuple[list[tuple[int, ...]], list[str]] | None:
+    """``(regions, chunk_keys)`` from ``custom_params``; None if the request marks no chunks."""
+    if not custom or "mepic_regions" not in custom:
+        return None
+    flat = custom.get("mepic_regions")
+    keys = custom.get("mepic_chunk_keys")
+    if not isinstance(flat, list) or len(flat) % 5 or not all(type(v) is int for v in flat):
+        raise PlanError("mepic_regions must be a flat list of 5-int groups")
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise PlanError("mepic_chunk_keys must be a list of strings")
+    regions = [tuple(flat[i : i + 5]) for i in range(0, len(flat), 5)]
+    if sum(1 for r in regions if r[0] == CHUNK_CODE) != len(keys):
+        raise PlanError("one chunk key per chunk region")
+    return regions, keys
+
+
+def make_plan(
+    regions: Sequence[tuple[int, ...]],
+    keys: Sequence[str],
+    *,
+    total_len: int,
+    page_size: int,
+    policy: RecomputePolicy,
+    lookup: Callable[[str], int | None],
+) -> Plan:
+    """Plan one request. ``lookup(key)`` is the shared-token count of an existing entry."""
+    uses: list[ChunkUse] = []
+    key_iter = iter(keys)
+    pos = 0
+    for i, (kind, start, c_start, c_end, end) in enumerate(regions):
+        if kind not in (TEXT_CODE, CHUNK_CODE) or not start == pos <= c_start < c_end <= end:
+            raise PlanError(f"region {i} is malformed: {(kind, start, c_start, c_end, end)}")
+        if start % page_size or (i < len(regions) - 1 and end % page_size):
+            raise PlanError(f"region {i} is not page aligned")
+        pos = end
+        if kind != CHUNK_CODE:
+            continue
+        key = next(key_iter)
+        if i == len(regions) - 1:
+            continue  # the prompt's last token must be computed in context
+        head = policy.head_tokens(pad=c_start - start, content=c_end - c_start, page_size=page_size)
+        if head % page_size or not 0 <= head <= end - start:
+            raise PlanError(f"policy {policy.name} returned a bad head {head}")
+        if start + head == end:
+            continue  # nothing to share
+        have = lookup(key)
+        uses.append(ChunkUse(key, start, start + head, end, warm=have == end - start - head))
+    if pos > total_len:
+        raise PlanError(f"regions end at {pos}, after the request's {total_len} tokens")
+    return Plan(total_len, tuple(uses))
+
+
+@dataclass(frozen=True)
+class ExtendLayout:
+    """How one request's extend is laid out (all CPU int64 tensors).
+
+    The extend computes ``[scratch heads of cold chunks] + [computed positions, ascending]``; the
+    prompt's last token is last, so SGLang's logits take the right row.
+    """
+
+    positions: torch.Tensor  # [n] position of every extend token
+    q_group: torch.Tensor  # [n] attention group of every extend token
+    k_group: torch.Tensor  # [total_len + scratch] group of row keys, then scratch keys
+    k_context: torch.Tensor  # [total_len + scratch] bool: visible to group-0 queries
+    scratch_positions: torch.Tensor  # [scratch]
+
+
+def extend_layout(plan: Plan) -> ExtendLayout:
+    computed = plan.computed_positions()
+    cold = plan.cold
+    row_group = torch.zeros(plan.total_len, dtype=torch.int64)
+    for g, u in enumerate(cold, start=1):
+        row_group[u.shared_start : u.end] = g
+    scratch_pos = [torch.arange(u.start, u.shared_start) for u in cold]
+    scratch_grp = [torch.full((u.head,), g, dtype=torch.int64) for g, u in enumerate(cold, 1)]
+    scratch_positions = torch.cat(scratch_pos) if cold else torch.empty(0, dtype=torch.int64)
+    scratch_groups = torch.cat(scratch_grp) if cold else torch.empty(0, dtype=torch.int64)
+    return ExtendLayout(
+        positions=torch.cat([scratch_positions, computed]),
+        q_group=torch.cat([scratch_groups, row_group[computed]]),
+        k_group=torch.cat([row_group, scratch_groups]),
+        k_context=torch.cat(
+            [
+                torch.ones(plan.total_len, dtype=torch.bool),
+                torch.zeros_like(scratch_groups, dtype=torch.bool),
+            ]
+        ),
+        scratch_positions=scratch_positions,
+    )
+
+
+def logical_row(
+    plan: Plan, warm_slots: Sequence[torch.Tensor], fresh: torch.Tensor
+) -> torch.Tensor:
+    """The request's ``req_to_token`` row ``[0, total_len)`` in logical order: warm spans read
+    their entries' slots (``warm_slots`` in ``plan.warm`` order), computed positions take the
+    fresh slots in order (both are whole pages, so page offsets line up)."""
+    row = torch.empty(plan.total_len, dtype=torch.int64)
+    for u, slots in zip(plan.warm, warm_slots, strict=True):
+        row[u.shared_start : u.end] = slots
+    computed = plan.computed_positions()
+    assert fresh.numel() == computed.numel(), (fresh.numel(), computed.numel())
+    row[computed] = fresh.to(torch.int64)
+    return row
