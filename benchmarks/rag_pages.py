@@ -9,7 +9,9 @@ Three modes, one server per family (the plugin is loaded in both; the stock serv
 - ``stock``        plain text prompt (documents joined by newlines), SGLang's radix cache;
 - ``stock-padded`` the MEPIC page layout sent as plain ``input_ids`` to the stock server (the
                    accuracy cost of padding alone);
-- ``mepic``        the same documents marked as chunks (``mepic_segments``), ``--enable-mepic``.
+- ``mepic:<policy>`` the same documents marked as chunks (``mepic_segments``), ``--enable-mepic
+                   --mepic-recompute <policy>`` (``--policies``; ``first-k-tokens`` uses
+                   ``--recompute-k``).
 
 Per mode: accuracy (the answer contains the capital) on a first pass, then a memory pass in which
 all requests run together (``ignore_eos``) while ``/server_info`` is polled: pages held by
@@ -94,6 +96,7 @@ def body_for(mode: str, item: dict[str, Any], sampling: dict[str, Any]) -> dict[
         return {"text": item["text"], "sampling_params": sampling}
     if mode == "stock-padded":
         return {"input_ids": item["ids"], "sampling_params": sampling}
+    assert mode.startswith("mepic")
     return {"text": "", "mepic_segments": item["segments"], "sampling_params": sampling}
 
 
@@ -145,11 +148,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     names = [r["mode"] for r in results]
-    ax1.bar(names, [r["peak_held_pages"] for r in results], color=["#888", "#aaa", "#2a7"])
+    colors = ["#888" if n.startswith("stock") else "#2a7" for n in names]
+    ax1.bar(names, [r["peak_held_pages"] for r in results], color=colors)
     ax1.set_ylabel("KV pages held by running requests")
-    ax2.bar(names, [100 * r["accuracy"] for r in results], color=["#888", "#aaa", "#2a7"])
+    ax2.bar(names, [100 * r["accuracy"] for r in results], color=colors)
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax2.set_ylabel("answers with the right capital (%)")
     fig.suptitle("RAG run, SmolLM2-135M, CPU (page = 16 tokens)")
     fig.tight_layout()
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=12)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--policies", default="first-page", help="comma-separated")
+    parser.add_argument("--recompute-k", type=int, default=48)
     args = parser.parse_args(argv)
     resolve_common_args(args)
     from transformers import AutoTokenizer
@@ -173,8 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     for item in items:
         item["ids"] = layout_ids(tokenizer, item["segments"])
     results = []
-    for family, flags, modes in [("stock", [], ["stock", "stock-padded"]),
-                                 ("mepic", ["--enable-mepic"], ["mepic"])]:  # fmt: skip
+    runs: list[tuple[str, list[str], list[str]]] = [("stock", [], ["stock", "stock-padded"])]
+    for policy in args.policies.split(","):
+        flags = ["--enable-mepic", "--mepic-recompute", policy]
+        flags += ["--mepic-recompute-k", str(args.recompute_k)]
+        runs.append((f"mepic-{policy}", flags, [f"mepic:{policy}"]))
+    for family, flags, modes in runs:
         proc, root, url = start_server(args.model, args.port, flags, args.out / f"rag-{family}.log")
         try:
             for mode in modes:
@@ -182,13 +194,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{mode}: done", flush=True)
         finally:
             stop_tree(proc, root)
-    print(f"\n{'mode':14} {'accuracy':>9} {'peak pages held':>16} {'prompt tokens':>14}")
+    print(f"\n{'mode':24} {'accuracy':>9} {'peak pages held':>16} {'prompt tokens':>14}")
     for r in results:
         acc = f"{r['correct']}/{len(items)}"
-        print(f"{r['mode']:14} {acc:>9} {r['peak_held_pages']:>16} {r['prompt_tokens']:>14}")
-    mepic = results[-1]["snapshot"].get("chunks") or {}
-    if mepic.get("pages"):
-        print(f"\nmepic pages by state at the peak: {mepic['pages']}")
+        print(f"{r['mode']:24} {acc:>9} {r['peak_held_pages']:>16} {r['prompt_tokens']:>14}")
+    for r in results:
+        chunks = r["snapshot"].get("chunks") or {}
+        if chunks.get("pages"):
+            print(f"{r['mode']} pages by state at the peak: {chunks['pages']}")
     (args.out / "rag_pages.json").write_text(json.dumps(results, indent=1))
     plot(results, args.out / "rag_pages.png")
     print(f"\nwrote {args.out / 'rag_pages.json'} and {args.out / 'rag_pages.png'}")

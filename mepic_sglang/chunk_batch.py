@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mepic_sglang.chunk_cache import REQ_PLAN, req_layout
+from mepic_sglang.chunk_cache import REQ_PLAN, drop_layout, req_layout
 from mepic_sglang.chunk_plan import ExtendLayout, Plan, extend_layout, logical_row
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,22 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
     plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
     if plan is None:
         return original(adder, req, **kwargs)
-    kwargs["total_tokens"] = kwargs["total_tokens"] + plan.scratch_tokens
+    # NOTE: stock admission pins the matched prefix while it checks the budget; our prefix is
+    # the warm entries, which still count as evictable until commit acquires them.
+    store = _store(adder.tree_cache)
+    unpinned = sum(u.end - u.shared_start for u in plan.warm if store.entries[u.key].refs == 0)
+    kwargs["total_tokens"] = kwargs["total_tokens"] + plan.scratch_tokens + unpinned
     result = original(adder, req, **kwargs)
     if getattr(result, "is_chunked", False):
         # NOTE: a chunked prefill would continue from row[:prefix_len] as a plain prefix; the
         # request waits for a round with room for its whole extend (the tokenizer side refuses
-        # prompts longer than --chunked-prefill-size).
+        # prompts longer than --chunked-prefill-size). If it does not fit even as the round's
+        # first request (e.g. re-admitted after retraction with its outputs), it is served as a
+        # plain, chunkable request from the next round on, so the queue never stalls behind it.
         from sglang.srt.managers.schedule_policy import AddReqResult
 
+        if not adder.can_run_list:
+            drop_layout(req, "its extend does not fit one prefill step")
         return AddReqResult.OTHER
     return result
 
@@ -85,6 +93,10 @@ def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwar
     if plan.scratch_tokens and budget is not None and hasattr(budget, "total_offset"):
         budget.total_offset += plan.scratch_tokens
         budget.current_offset += plan.scratch_tokens
+    if plan.scratch_tokens:  # the scratch heads are computed too: charge the compute budgets
+        adder.rem_input_tokens -= plan.scratch_tokens
+        if adder.rem_chunk_tokens is not None:
+            adder.rem_chunk_tokens -= plan.scratch_tokens
     store.stats.hits += len(plan.warm)
     store.stats.misses += len(plan.cold)
     setattr(req, REQ_STATE, ReqState(plan, acquired=keys))

@@ -14,6 +14,7 @@ leaves first, then least-recently-used unreferenced chunks.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -22,11 +23,13 @@ from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from mepic_sglang.chunk_plan import Plan, PlanError, make_plan, parse_layout
 from mepic_sglang.chunk_store import ChunkStore
+from mepic_sglang.layout import chunk_key
 from mepic_sglang.metrics import ChunkMetrics
 from mepic_sglang.recompute import RecomputePolicy, make_policy
 
 REQ_LAYOUT = "_mepic_layout"  # Req attribute: parsed (regions, keys), or False
 REQ_PLAN = "_mepic_plan"  # Req attribute: the Plan of the current round
+logger = logging.getLogger(__name__)
 
 
 def req_layout(req: Any) -> tuple[list[tuple[int, ...]], list[str]] | None:
@@ -37,12 +40,22 @@ def req_layout(req: Any) -> tuple[list[tuple[int, ...]], list[str]] | None:
         try:
             cached = parse_layout(custom) or False
         except PlanError as e:  # NOTE: the tokenizer side validates; this guards direct IPC
-            import logging
-
-            logging.getLogger(__name__).warning("rid %s: ignoring MEPIC layout: %s", req.rid, e)
+            logger.warning("rid %s: ignoring MEPIC layout: %s", req.rid, e)
+            cached = False
+        if cached and getattr(req, "session", None) is not None:
+            # NOTE: session turns prepend history to the prompt and keep rows across turns;
+            # neither fits a permuted row (the tokenizer side refuses such requests).
+            logger.warning("rid %s: MEPIC layout ignored in a session", req.rid)
             cached = False
         setattr(req, REQ_LAYOUT, cached)
     return cached if isinstance(cached, tuple) else None
+
+
+def drop_layout(req: Any, why: str) -> None:
+    """Serve ``req`` as a plain request from its next match on (its ids keep their padding)."""
+    logger.warning("rid %s: served without chunk sharing: %s", req.rid, why)
+    setattr(req, REQ_LAYOUT, False)
+    setattr(req, REQ_PLAN, None)
 
 
 class MepicRadixCache(UnifiedRadixCache):
@@ -51,8 +64,12 @@ class MepicRadixCache(UnifiedRadixCache):
     mepic_store: ChunkStore
     mepic_policy: RecomputePolicy
     mepic_metrics: ChunkMetrics
+    mepic_model: str
 
-    def mepic_init(self, policy: RecomputePolicy, *, metrics: bool = False) -> None:
+    def mepic_init(
+        self, policy: RecomputePolicy, *, model: str = "", metrics: bool = False
+    ) -> None:
+        self.mepic_model = model
         self.mepic_store = ChunkStore(page_size=int(self.page_size))
         self.mepic_policy = policy
         self.mepic_metrics = ChunkMetrics(metrics)
@@ -63,7 +80,11 @@ class MepicRadixCache(UnifiedRadixCache):
         layout = req_layout(req) if req is not None else None
         if layout is None:
             return super().match_prefix(params)
-        plan = self.plan_request(req, layout)
+        try:
+            plan = self.plan_request(req, layout)
+        except PlanError as e:
+            drop_layout(req, str(e))
+            return super().match_prefix(params)
         setattr(req, REQ_PLAN, plan)
         # NOTE: the row is permuted (shared pages in the middle): it must never be inserted
         # into the radix tree as if it were a plain prefix.
@@ -76,6 +97,9 @@ class MepicRadixCache(UnifiedRadixCache):
     def plan_request(self, req: Any, layout: tuple[list[tuple[int, ...]], list[str]]) -> Plan:
         regions, keys = layout
         store = self.mepic_store
+        if not getattr(req, "_mepic_keys_checked", False):
+            self._check_keys(req, regions, keys)
+            req._mepic_keys_checked = True
 
         def lookup(key: str) -> int | None:
             entry = store.lookup(key)
@@ -89,6 +113,18 @@ class MepicRadixCache(UnifiedRadixCache):
             policy=self.mepic_policy,
             lookup=lookup,
         )
+
+    def _check_keys(self, req: Any, regions: list[tuple[int, ...]], keys: list[str]) -> None:
+        """A chunk key must name the tokens it covers (salt, model, page size included): a forged
+        or stale key would publish or read another chunk's pages."""
+        ids = list(req.origin_input_ids)
+        salt = getattr(req, "cache_salt", None) or ""
+        chunks = [r for r in regions if r[0] == 1]
+        for (_, _, c_start, c_end, _), key in zip(chunks, keys, strict=True):
+            want = chunk_key(ids[c_start:c_end], salt=salt, model=self.mepic_model,
+                             page_size=int(self.page_size))  # fmt: skip
+            if c_end > len(ids) or key != want:
+                raise PlanError("a chunk key does not match the chunk's tokens")
 
     def prefix_device_indices(self, req: Any) -> torch.Tensor:
         plan: Plan | None = getattr(req, REQ_PLAN, None)
@@ -192,6 +228,7 @@ def create_mepic_cache(ctx: Any) -> Any:
     args = get_plugin_args(ctx.server_args)
     cache.mepic_init(
         make_policy(args.mepic_recompute, args.mepic_recompute_k),
+        model=str(ctx.server_args.model_path),
         metrics=bool(getattr(ctx.server_args, "enable_metrics", False)),
     )
     return cache

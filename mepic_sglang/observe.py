@@ -71,9 +71,9 @@ def chunk_state(scheduler: Any) -> dict[str, Any] | None:
     if store is None:
         return None
     out: dict[str, Any] = {"store": store.snapshot(), "policy": cache.mepic_policy.name}
-    # NOTE: get_internal_state runs between scheduler steps, so the running batch is exactly the
-    # set of requests that hold KV rows.
-    live = list(scheduler.running_batch.reqs)
+    # NOTE: the requests that own KV rows, as SGLang's own invariant checker finds them (the
+    # last batch, the running batch, a chunked request).
+    live = scheduler.invariant_checker._requests_owning_rows()
     out["running"] = [
         {
             "rid": r.rid,

@@ -143,12 +143,21 @@ async def _requested_segments(
     return None
 
 
+def check_reserved(obj: Any) -> None:
+    """Every request on a MEPIC server: the plugin's ``custom_params`` keys are its own."""
+    params = obj.sampling_params
+    for sampling in params if isinstance(params, list) else [params]:
+        custom = sampling.get("custom_params") if isinstance(sampling, dict) else None
+        if isinstance(custom, dict) and any(str(k).startswith("mepic_") for k in custom):
+            raise SegmentError(
+                "custom_params keys starting with 'mepic_' are reserved for the plugin"
+            )
+
+
 def check_request(manager: Any, obj: Any, layout: Layout) -> None:
     """What a chunked request cannot ask for (HTTP 400 via SegmentError)."""
-    sampling = obj.sampling_params if isinstance(obj.sampling_params, dict) else {}
-    custom = sampling.get("custom_params") or {}
-    if any(str(k).startswith("mepic_") for k in custom):
-        raise SegmentError("custom_params keys starting with 'mepic_' are reserved for the plugin")
+    if getattr(obj, "session_params", None):
+        raise SegmentError("requests with chunks cannot be part of a session (session_params)")
     start = getattr(obj, "logprob_start_len", None)
     if getattr(obj, "return_logprob", False) and start not in (None, -1):
         raise SegmentError(
@@ -203,7 +212,11 @@ def around_generate_request(
 
     async def run() -> AsyncIterator[Any]:
         layout = None
-        if type(obj).__name__ == "GenerateReqInput":
+        if (
+            type(obj).__name__ == "GenerateReqInput"
+            and get_plugin_args(manager.server_args).enable_mepic
+        ):
+            check_reserved(obj)
             found = await _requested_segments(manager, obj, request)
             if found is not None:
                 layout = plan(manager, obj, *found)

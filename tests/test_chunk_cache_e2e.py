@@ -364,3 +364,12 @@ def test_openai_chat_content_parts_mark_chunks(server: ServerHandle) -> None:
     bad: Any = [{"role": "user", "content": [empty, {"type": "text", "text": "Hi"}]}]
     with pytest.raises(BadRequestError, match="expected a string"):
         client.chat.completions.create(model="m", messages=bad, max_tokens=2)
+
+
+def test_plugin_custom_params_are_reserved_on_every_request(server: ServerHandle) -> None:
+    """A plain request cannot forge a chunk layout (it would publish other tokens as a chunk)."""
+    forged = {"mepic_regions": [1, 0, 0, 16, 16], "mepic_chunk_keys": ["0" * 64]}
+    body = {"input_ids": list(range(100, 140)),
+            "sampling_params": {"max_new_tokens": 2, "custom_params": forged}}  # fmt: skip
+    r = requests.post(f"{server.url}/generate", json=body, timeout=120)
+    assert r.status_code == 400 and "reserved" in r.text
