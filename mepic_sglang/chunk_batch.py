@@ -19,6 +19,7 @@ store accounts for; SGLang's "uncached" count is then exactly its private pages.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 REQ_STATE = "_mepic_state"  # Req attribute: ReqState from admission to release
 BATCH_META = "_mepic_extend"  # ScheduleBatch attribute: {batch index: ReqExtend}
+INFO_SHARED = "mepic_chunk_shared_tokens"  # Req.customized_info keys (request level)
+INFO_COMPUTED = "mepic_computed_tokens"
 FB_KEY = "mepic_attention"  # ForwardBatch.model_specific_states key read by the backend
 
 
@@ -130,14 +133,14 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
             continue
         plan = state.plan
         assert (
-            req.prefix_len == plan.shared_tokens and old_lens[i] == plan.total_len - req.prefix_len
+            req.prefix_len == plan.cached_tokens and old_lens[i] == plan.total_len - req.prefix_len
         )
         scratch = _alloc_scratch(tree_cache, plan.scratch_tokens)
         if scratch is None:
             logger.warning(
                 "rid %s: no room for scratch heads; cold chunks computed in context", req.rid
             )
-            plan = Plan(plan.total_len, plan.warm)
+            plan = dataclasses.replace(plan, uses=plan.warm)
             state.plan = plan
             scratch = _alloc_scratch(tree_cache, 0)
         assert scratch is not None
@@ -145,9 +148,10 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
         store.scratch_tokens += int(scratch.numel())
         lay = extend_layout(plan)
         idx = req.kv.req_pool_idx
-        fresh = row_table[idx, plan.shared_tokens : plan.total_len].to(torch.int64).cpu()
+        old_row = row_table[idx, : plan.total_len].to(torch.int64).cpu()
+        fresh = old_row[plan.cached_tokens :]
         warm_slots = [store.entries[u.key].slots for u in plan.warm]
-        row = logical_row(plan, warm_slots, fresh)
+        row = logical_row(plan, old_row[: plan.prefix], warm_slots, fresh)
         _assert_not_shared(store, fresh, scratch)
         row_table[idx, : plan.total_len] = row.to(row_table.device, row_table.dtype)
         fill = torch.as_tensor(list(req.full_untruncated_fill_ids), dtype=torch.int64)
@@ -160,6 +164,12 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
                 state.acquired.append(u.key)
                 req.kv.cache_protected_len += u.end - u.shared_start
         new_len = int(lay.positions.numel())
+        # Per-request numbers for meta_info["mepic"] (request-level keys, see MepicOutputStreamer).
+        req.customized_info = {
+            **(req.customized_info or {}),
+            INFO_SHARED: [plan.shared_tokens],
+            INFO_COMPUTED: [new_len],
+        }
         if batch.extend_logprob_start_lens[i] == old_lens[i]:
             batch.extend_logprob_start_lens[i] = new_len
         batch.extend_lens[i] = new_len
@@ -209,8 +219,22 @@ def after_forward_batch_init(result: Any, *args: Any, **kwargs: Any) -> None:
 
 
 # ---- release -----------------------------------------------------------------------------------
+def _insert_lead(req: Any, tree_cache: Any, plan: Plan) -> int:
+    """Insert the finished request's leading text into the radix tree (as a stock request's
+    prompt would be); returns the length the tree now owns. The row is still logical here."""
+    held = req.kv.cache_protected_len
+    req.kv.cache_protected_len = plan.prefix
+    # NOTE: inserts [prefix, lead) of the row, frees our copies of pages the tree already has
+    # and moves req.lock to the inserted node (released by release_kv_cache as usual).
+    tree_cache.checkpoint_into_tree(req, up_to=plan.lead)
+    done = int(req.kv.cache_protected_len)
+    req.kv.cache_protected_len = held - plan.prefix + done
+    return done
+
+
 def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any) -> None:
-    """Put the row back to ``[shared | private]`` so SGLang frees exactly the private pages."""
+    """Put the row back to ``[tree | shared | private]`` so SGLang frees exactly the private
+    pages; a finished request first hands its leading text to the radix tree."""
     state: ReqState | None = getattr(req, REQ_STATE, None)
     if state is None or not req.kv.holds_kv:
         return
@@ -218,19 +242,24 @@ def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any
     store = _store(tree_cache)
     if state.applied:
         plan = state.plan
+        checkpoint = bool(kwargs.get("checkpoint", args[0] if args else False))
+        tree_owned = plan.prefix
+        if checkpoint and req.finished() and plan.lead > plan.prefix:
+            tree_owned = _insert_lead(req, tree_cache, plan)
         row_table = tree_cache.req_to_token_pool.req_to_token
         idx = req.kv.req_pool_idx
         allocated = int(req.kv.kv_allocated_len)
         row = row_table[idx, :allocated].to(torch.int64).cpu()
         private = torch.ones(plan.total_len, dtype=torch.bool)
-        shared_parts = []
+        private[:tree_owned] = False
+        shared_parts = [row[:tree_owned]]
         for u in plan.warm:
             shared_parts.append(row[u.shared_start : u.end])
             private[u.shared_start : u.end] = False
         for s, e in state.published:
             shared_parts.append(row[s:e])
             private[s:e] = False
-        shared = torch.cat(shared_parts) if shared_parts else row[:0]
+        shared = torch.cat(shared_parts)
         restored = torch.cat([shared, row[: plan.total_len][private], row[plan.total_len :]])
         assert restored.numel() == allocated and shared.numel() == req.kv.cache_protected_len
         row_table[idx, :allocated] = restored.to(row_table.device, row_table.dtype)
@@ -239,3 +268,17 @@ def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any
         store.scratch_tokens -= 0 if state.scratch is None else int(state.scratch.numel())
     store.release(state.acquired)
     tree_cache.mepic_metrics.sync(store)
+
+
+def after_output_streamer_class(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+    """AFTER ``Scheduler.get_output_streamer_class``: our ``customized_info`` keys are sent once
+    per request (not sliced per token)."""
+    base = result
+
+    class MepicOutputStreamer(base):  # type: ignore[misc,valid-type]
+        def is_request_level_customized_info_key(self, key: str) -> bool:
+            return key.startswith("mepic_") or bool(
+                super().is_request_level_customized_info_key(key)
+            )
+
+    return MepicOutputStreamer

@@ -14,11 +14,13 @@ leaves first, then least-recently-used unreferenced chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, MatchPrefixParams
+from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from mepic_sglang.chunk_plan import Plan, PlanError, make_plan, parse_layout
@@ -85,14 +87,23 @@ class MepicRadixCache(UnifiedRadixCache):
         except PlanError as e:
             drop_layout(req, str(e))
             return super().match_prefix(params)
+        base = self.tree_core.empty_match_result
+        if plan.lead >= self.page_size:
+            # The leading text (a system prompt) is an ordinary prefix: match it in the tree.
+            key = RadixKey(
+                req.full_untruncated_fill_ids,
+                req.extra_key,
+                limit=plan.lead,
+                cache_salt=req.cache_salt,
+            )
+            base = super().match_prefix(MatchPrefixParams(key=key))
+            plan = dataclasses.replace(plan, prefix=int(base.device_prefix_len))
         setattr(req, REQ_PLAN, plan)
         # NOTE: the row is permuted (shared pages in the middle): it must never be inserted
-        # into the radix tree as if it were a plain prefix.
+        # into the radix tree as if it were a plain prefix (chunk_batch inserts the leading text).
         req.skip_radix_cache_insert = True
-        shared = plan.shared_tokens
-        return self.tree_core.empty_match_result._replace(
-            device_prefix_len=shared, cache_protected_len=shared
-        )
+        cached = plan.cached_tokens
+        return base._replace(device_prefix_len=cached, cache_protected_len=cached)
 
     def plan_request(self, req: Any, layout: tuple[list[tuple[int, ...]], list[str]]) -> Plan:
         regions, keys = layout
@@ -131,6 +142,10 @@ class MepicRadixCache(UnifiedRadixCache):
         if plan is None or req_layout(req) is None:
             return super().prefix_device_indices(req)
         parts = [self.mepic_store.entries[u.key].slots for u in plan.warm]
+        if plan.prefix:
+            root = self.root_node_handle(req.extra_key)
+            path = self.tree_core.collect_full_device_indices(req.last_node, root)
+            parts.insert(0, path[: plan.prefix].to(torch.int64).cpu())
         device = self.token_to_kv_pool_allocator.device
         if not parts:
             return torch.empty(0, dtype=torch.int64, device=device)

@@ -5,6 +5,7 @@ Pure functions over the layout the tokenizer side sent (``custom_params``) and a
 
     region             positions                 slots                     attention group
     -----------------  ------------------------  ------------------------  -------------------------
+    leading text [0,m) served (radix prefix hit)  radix tree pages          0
     text               computed, in context      private (fresh)           0 (context)
     chunk head [s,s+h) computed, in context      private (fresh)           0
     warm chunk [s+h,e) served                    shared entry (read-only)  keys: 0
@@ -17,6 +18,8 @@ prompt; RoPE is relative, so its offset does not matter), while context queries 
 pages but not the scratch head. The result is the same KV a later request will read, so cache
 state never changes the answer. The last region is always computed in context (the model must
 read the prompt's last token), and a chunk whose pages all fall in the head has nothing to share.
+Text before the first chunk (``[0, lead)``, e.g. a system prompt) is an ordinary prompt prefix:
+it is matched in and, when the request finishes, inserted into SGLang's radix tree.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class ChunkUse:
 class Plan:
     total_len: int
     uses: tuple[ChunkUse, ...]
+    lead: int = 0  # end of the leading text (before the first chunk), page aligned; 0: none
+    prefix: int = 0  # leading tokens served from the radix tree (<= lead)
 
     @property
     def warm(self) -> tuple[ChunkUse, ...]:
@@ -66,8 +71,13 @@ class Plan:
 
     @property
     def shared_tokens(self) -> int:
-        """Tokens served from existing entries (SGLang sees them as the cached prefix)."""
+        """Tokens served from existing chunk entries."""
         return sum(u.end - u.shared_start for u in self.warm)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens not computed: radix prefix + shared chunk pages (SGLang's ``prefix_len``)."""
+        return self.prefix + self.shared_tokens
 
     @property
     def scratch_tokens(self) -> int:
@@ -76,11 +86,12 @@ class Plan:
     @property
     def computed_tokens(self) -> int:
         """Tokens this request's extend computes, scratch heads included."""
-        return self.total_len - self.shared_tokens + self.scratch_tokens
+        return self.total_len - self.cached_tokens + self.scratch_tokens
 
     def computed_positions(self) -> torch.Tensor:
         """Ascending positions not served from shared pages."""
         keep = torch.ones(self.total_len, dtype=torch.bool)
+        keep[: self.prefix] = False
         for u in self.warm:
             keep[u.shared_start : u.end] = False
         return torch.nonzero(keep).flatten()
@@ -137,7 +148,9 @@ def make_plan(
         uses.append(ChunkUse(key, start, start + head, end, warm=have == end - start - head))
     if pos > total_len:
         raise PlanError(f"regions end at {pos}, after the request's {total_len} tokens")
-    return Plan(total_len, tuple(uses))
+    first = regions[0] if regions else None
+    lead = first[4] if first is not None and first[0] == TEXT_CODE and len(regions) > 1 else 0
+    return Plan(total_len, tuple(uses), lead=lead)
 
 
 @dataclass(frozen=True)
@@ -180,12 +193,15 @@ def extend_layout(plan: Plan) -> ExtendLayout:
 
 
 def logical_row(
-    plan: Plan, warm_slots: Sequence[torch.Tensor], fresh: torch.Tensor
+    plan: Plan, prefix_slots: torch.Tensor, warm_slots: Sequence[torch.Tensor], fresh: torch.Tensor
 ) -> torch.Tensor:
-    """The request's ``req_to_token`` row ``[0, total_len)`` in logical order: warm spans read
-    their entries' slots (``warm_slots`` in ``plan.warm`` order), computed positions take the
-    fresh slots in order (both are whole pages, so page offsets line up)."""
+    """The request's ``req_to_token`` row ``[0, total_len)`` in logical order: the radix prefix
+    keeps its slots, warm spans read their entries' slots (``warm_slots`` in ``plan.warm``
+    order), computed positions take the fresh slots in order (all are whole pages, so page
+    offsets line up)."""
     row = torch.empty(plan.total_len, dtype=torch.int64)
+    assert prefix_slots.numel() == plan.prefix
+    row[: plan.prefix] = prefix_slots.to(torch.int64)
     for u, slots in zip(plan.warm, warm_slots, strict=True):
         row[u.shared_start : u.end] = slots
     computed = plan.computed_positions()

@@ -18,6 +18,7 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | ScheduleBatch.prepare_for_extend         | AFTER | non-contiguous extend: row, ids, slots        |
 | ForwardBatch.init_new                    | AFTER | real positions + attention groups             |
 | mem_cache.common.release_kv_cache        | BEFORE| row back to [shared | private]; release refs  |
+| Scheduler.get_output_streamer_class      | AFTER | per-request mepic_* numbers sent once         |
 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
@@ -128,6 +129,12 @@ HOOKS: tuple[HookSpec, ...] = (
         ),
     ),  # fmt: skip
     HookSpec(
+        f"{_SCHEDULER}.get_output_streamer_class",
+        "AFTER",
+        chunk_batch.after_output_streamer_class,
+        ("self",),
+    ),
+    HookSpec(
         "sglang.srt.mem_cache.common.release_kv_cache",
         "BEFORE",
         chunk_batch.before_release_kv_cache,
@@ -140,6 +147,15 @@ REGISTRY_SEAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
     ("sglang.srt.mem_cache.registry.register_radix_cache_backend", ("name", "factory")),
     ("sglang.srt.mem_cache.registry.create_unified_radix_cache", ("ctx", "cache_class")),
+    # SGLang methods the chunk cache calls on itself (mepic_sglang/chunk_cache.py, chunk_batch.py)
+    (
+        "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree",
+        ("self", "req", "up_to", "kwargs"),
+    ),
+    (
+        "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.match_prefix",
+        ("self", "params"),
+    ),
 )
 
 

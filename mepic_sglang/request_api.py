@@ -76,19 +76,40 @@ def custom_params(layout: Layout) -> dict[str, Any]:
     }
 
 
-def meta(layout: Layout, meta_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``meta_info["mepic"]``. The scheduler reports a chunked request's shared-page tokens as its
-    cached prefix, so SGLang's own ``cached_tokens`` is what was served from shared chunk pages
-    and the rest of the prompt was recomputed (cold chunks also compute their scratch head)."""
+SCHEDULER_KEYS = {  # scheduler-side customized_info -> meta_info["mepic"] key
+    "mepic_chunk_shared_tokens": "shared_tokens",
+    "mepic_computed_tokens": "computed_tokens",
+}
+
+
+def meta(layout: Layout, meta_info: dict[str, Any], seen: dict[str, int]) -> dict[str, Any]:
+    """``meta_info["mepic"]``:
+
+    - ``shared_tokens``: prompt tokens read from shared chunk pages;
+    - ``prefix_tokens``: prompt tokens read from the radix prefix cache (text before the first
+      chunk); ``shared + prefix`` is SGLang's ``cached_tokens``;
+    - ``recomputed_tokens``: prompt tokens computed for this request;
+    - ``computed_tokens``: rows the prefill computed (recomputed + scratch heads of chunks that
+      were encoded on their own for the first time).
+
+    The scheduler sends its numbers once per request (``seen`` keeps them for later chunks of a
+    stream); they replace SGLang's per-request ``mepic_*`` keys in ``meta_info``.
+    """
+    for key, name in SCHEDULER_KEYS.items():
+        value = meta_info.pop(key, None)
+        if isinstance(value, list) and value:
+            seen[name] = int(value[0])
     out: dict[str, Any] = {
         "chunks": len(layout.chunk_regions),
         "pad_tokens": layout.pad_tokens,
         "page_size": layout.page_size,
+        **seen,
     }
-    if meta_info is not None and "cached_tokens" in meta_info:
-        shared = int(meta_info["cached_tokens"])
-        out["shared_tokens"] = shared
-        out["recomputed_tokens"] = len(layout.token_ids) - shared
+    if "cached_tokens" in meta_info:
+        cached = int(meta_info["cached_tokens"])
+        out["recomputed_tokens"] = len(layout.token_ids) - cached
+        if "shared_tokens" in seen:
+            out["prefix_tokens"] = cached - seen["shared_tokens"]
     return out
 
 
@@ -125,6 +146,11 @@ async def _requested_segments(
         # NOTE: the rendered template already holds the model's special tokens (BOS, ...).
         return chat_parts.chat_segments(manager.tokenizer, body), False
     raw = body.get(BODY_KEY) if isinstance(body, dict) else None
+    if raw is not None and "messages" in body:
+        raise SegmentError(
+            f"chat requests mark chunks on content parts ({{'type': 'text', 'text': ..., "
+            f"'{chat_parts.PART_FLAG}': true}}), not with {BODY_KEY}"
+        )
     if raw is not None:
         if not isinstance(obj.text, str | None) or obj.input_ids is not None:
             raise SegmentError(f"{BODY_KEY} takes one prompt: send no input_ids and no batch")
@@ -229,9 +255,10 @@ def around_generate_request(
                     **custom_params(layout),
                 }
                 obj.sampling_params = sampling
+        seen: dict[str, int] = {}
         async for out in original(manager, obj, request):
             if layout is not None and isinstance(out, dict) and "meta_info" in out:
-                out["meta_info"][META_KEY] = meta(layout, out["meta_info"])
+                out["meta_info"][META_KEY] = meta(layout, out["meta_info"], seen)
             yield out
 
     return run()

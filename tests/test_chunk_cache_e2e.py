@@ -194,6 +194,19 @@ def test_reordered_chunks_reuse_pages_and_match_a_cold_run(
     assert tokens(swapped) == tokens(cold)
 
 
+def test_system_prompt_before_the_first_chunk_uses_the_radix_cache(
+    server: ServerHandle, tokenizer: Any
+) -> None:
+    system = -(-len(tokenizer.encode(SYSTEM, add_special_tokens=False)) // PAGE) * PAGE
+    first = generate(server, segs("glacier"), "sys")  # inserts the system prompt when it ends
+    again = generate(server, segs("bakery"), "sys")  # another, cold chunk after the same prompt
+    assert first["meta_info"]["cached_tokens"] == 0
+    assert again["meta_info"]["cached_tokens"] == system
+    assert again["meta_info"]["mepic"]["prefix_tokens"] == system
+    cold = generate(server, segs("bakery"), "sys-cold")  # nothing cached under this salt
+    assert cold["meta_info"]["cached_tokens"] == 0 and tokens(cold) == tokens(again)
+
+
 def test_qa_needle_at_any_position(server: ServerHandle) -> None:
     for order in (("zorblat", "mills", "comet"), ("mills", "zorblat", "comet"),
                   ("mills", "comet", "zorblat")):  # fmt: skip
@@ -230,8 +243,11 @@ def test_page_accounting_is_exact(server: ServerHandle, tokenizer: Any) -> None:
     assert snap is not None, "the requests never ran together"
     assert snap["integrity"] == "ok", snap["integrity"]
     pages = snap["pages"]
+    system = -(-len(tokenizer.encode(SYSTEM, add_special_tokens=False)) // PAGE) * PAGE
     shared_of = {o: PAGE * sum(shared_pages_of(tokenizer, c) for c in o) for o in orders}
-    assert sorted(r["protected_tokens"] for r in snap["running"]) == sorted(shared_of.values())
+    # protected = the system prompt from the radix tree + the shared chunk pages it reads
+    want = sorted(system + v for v in shared_of.values())
+    assert sorted(r["protected_tokens"] for r in snap["running"]) == want
     private = sum(-(-r["allocated_tokens"] // PAGE) - r["protected_tokens"] // PAGE
                   for r in snap["running"])  # fmt: skip
     assert pages["private"] == private
@@ -239,7 +255,8 @@ def test_page_accounting_is_exact(server: ServerHandle, tokenizer: Any) -> None:
     total = POOL_TOKENS // PAGE
     assert sum(pages.values()) == total
     distinct = {c for o in orders for c in o}
-    used_by_requests = private + sum(shared_pages_of(tokenizer, c) for c in distinct)
+    chunk_pages = sum(shared_pages_of(tokenizer, c) for c in distinct)
+    used_by_requests = private + chunk_pages + system // PAGE
     stock = sum(-(-r["allocated_tokens"] // PAGE) for r in snap["running"])
     assert used_by_requests < stock
     assert all(r["meta_info"]["mepic"]["shared_tokens"] > 0 for r in results)
@@ -364,6 +381,13 @@ def test_openai_chat_content_parts_mark_chunks(server: ServerHandle) -> None:
     bad: Any = [{"role": "user", "content": [empty, {"type": "text", "text": "Hi"}]}]
     with pytest.raises(BadRequestError, match="expected a string"):
         client.chat.completions.create(model="m", messages=bad, max_tokens=2)
+    with pytest.raises(BadRequestError, match="content parts"):
+        client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=2,
+            extra_body={"mepic_segments": [{"chunk": "doc"}, {"text": "Hi"}]},
+        )
 
 
 def test_plugin_custom_params_are_reserved_on_every_request(server: ServerHandle) -> None:

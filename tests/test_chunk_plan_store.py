@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -97,8 +99,10 @@ def test_plan_warm_cold_and_the_extend_layout() -> None:
         (4, 8, 16, True),
         (16, 20, 24, False),
     ]
-    assert plan.shared_tokens == 8 and plan.scratch_tokens == 4
+    assert plan.shared_tokens == 8 and plan.scratch_tokens == 4 and plan.lead == 4
     assert plan.computed_tokens == total - 8 + 4
+    hit = dataclasses.replace(plan, prefix=4)  # the leading text served by the radix tree
+    assert hit.cached_tokens == 12 and 0 not in hit.computed_positions().tolist()
     lay = extend_layout(plan)
     assert lay.positions.tolist() == [16, 17, 18, 19, *range(0, 8), *range(16, 26)]
     assert lay.q_group.tolist() == [1] * 4 + [0] * 8 + [0] * 4 + [1] * 4 + [0] * 2
@@ -106,7 +110,7 @@ def test_plan_warm_cold_and_the_extend_layout() -> None:
     assert lay.k_context.tolist() == [True] * 26 + [False] * 4
     warm_slots = [pages(7, 8)]
     fresh = pages(1, 2, 3, 4, 5)[: total - 8]
-    row = logical_row(plan, warm_slots, fresh)
+    row = logical_row(plan, torch.empty(0, dtype=torch.int64), warm_slots, fresh)
     assert row[8:16].tolist() == pages(7, 8).tolist()
     assert (row % P == torch.arange(total) % P).all(), "slots keep their page offsets"
 
