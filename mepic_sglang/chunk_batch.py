@@ -35,6 +35,7 @@ REQ_STATE = "_mepic_state"  # Req attribute: ReqState from admission to release
 BATCH_META = "_mepic_extend"  # ScheduleBatch attribute: {batch index: ReqExtend}
 INFO_SHARED = "mepic_chunk_shared_tokens"  # Req.customized_info keys (request level)
 INFO_COMPUTED = "mepic_computed_tokens"
+INFO_PREFIX = "mepic_prefix_tokens"
 FB_KEY = "mepic_attention"  # ForwardBatch.model_specific_states key read by the backend
 
 
@@ -164,12 +165,15 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
                 state.acquired.append(u.key)
                 req.kv.cache_protected_len += u.end - u.shared_start
         new_len = int(lay.positions.numel())
-        # Per-request numbers for meta_info["mepic"] (request-level keys, see MepicOutputStreamer).
-        req.customized_info = {
-            **(req.customized_info or {}),
-            INFO_SHARED: [plan.shared_tokens],
-            INFO_COMPUTED: [new_len],
-        }
+        if not req.retracted_stain:
+            # Per-request numbers for meta_info["mepic"] (request-level keys, see
+            # MepicOutputStreamer); like SGLang's cached_tokens, from the first admission only.
+            req.customized_info = {
+                **(req.customized_info or {}),
+                INFO_SHARED: [plan.shared_tokens],
+                INFO_PREFIX: [plan.prefix],
+                INFO_COMPUTED: [new_len],
+            }
         if batch.extend_logprob_start_lens[i] == old_lens[i]:
             batch.extend_logprob_start_lens[i] = new_len
         batch.extend_lens[i] = new_len

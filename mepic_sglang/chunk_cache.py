@@ -58,6 +58,7 @@ def drop_layout(req: Any, why: str) -> None:
     logger.warning("rid %s: served without chunk sharing: %s", req.rid, why)
     setattr(req, REQ_LAYOUT, False)
     setattr(req, REQ_PLAN, None)
+    req.skip_radix_cache_insert = False
 
 
 class MepicRadixCache(UnifiedRadixCache):
@@ -82,8 +83,11 @@ class MepicRadixCache(UnifiedRadixCache):
         layout = req_layout(req) if req is not None else None
         if layout is None:
             return super().match_prefix(params)
+        # NOTE: the key carries the request's tokens (a cache-aware schedule policy matches
+        # waiting requests before their fill ids are set).
+        token_ids = params.key.token_ids
         try:
-            plan = self.plan_request(req, layout)
+            plan = self.plan_request(req, layout, len(token_ids))
         except PlanError as e:
             drop_layout(req, str(e))
             return super().match_prefix(params)
@@ -91,7 +95,7 @@ class MepicRadixCache(UnifiedRadixCache):
         if plan.lead >= self.page_size:
             # The leading text (a system prompt) is an ordinary prefix: match it in the tree.
             key = RadixKey(
-                req.full_untruncated_fill_ids,
+                token_ids,
                 req.extra_key,
                 limit=plan.lead,
                 cache_salt=req.cache_salt,
@@ -105,12 +109,18 @@ class MepicRadixCache(UnifiedRadixCache):
         cached = plan.cached_tokens
         return base._replace(device_prefix_len=cached, cache_protected_len=cached)
 
-    def plan_request(self, req: Any, layout: tuple[list[tuple[int, ...]], list[str]]) -> Plan:
+    def plan_request(
+        self, req: Any, layout: tuple[list[tuple[int, ...]], list[str]], total_len: int
+    ) -> Plan:
         regions, keys = layout
         store = self.mepic_store
         if not getattr(req, "_mepic_keys_checked", False):
             self._check_keys(req, regions, keys)
             req._mepic_keys_checked = True
+        if req.extra_key:
+            # NOTE: like the radix tree, chunk pages are namespaced by extra_key (LoRA adapter
+            # and user key): the same tokens under another adapter have other KV.
+            keys = [f"{req.extra_key}\0{k}" for k in keys]
 
         def lookup(key: str) -> int | None:
             entry = store.lookup(key)
@@ -119,7 +129,7 @@ class MepicRadixCache(UnifiedRadixCache):
         return make_plan(
             regions,
             keys,
-            total_len=len(req.full_untruncated_fill_ids),
+            total_len=total_len,
             page_size=int(self.page_size),
             policy=self.mepic_policy,
             lookup=lookup,

@@ -78,8 +78,15 @@ def custom_params(layout: Layout) -> dict[str, Any]:
 
 SCHEDULER_KEYS = {  # scheduler-side customized_info -> meta_info["mepic"] key
     "mepic_chunk_shared_tokens": "shared_tokens",
+    "mepic_prefix_tokens": "prefix_tokens",
     "mepic_computed_tokens": "computed_tokens",
 }
+
+
+def strip_scheduler_keys(meta_info: dict[str, Any]) -> dict[str, Any]:
+    """Remove the scheduler's ``mepic_*`` keys (SGLang pads them into every request of an output
+    batch); returns them."""
+    return {k: meta_info.pop(k) for k in list(meta_info) if k in SCHEDULER_KEYS}
 
 
 def meta(layout: Layout, meta_info: dict[str, Any], seen: dict[str, int]) -> dict[str, Any]:
@@ -95,10 +102,9 @@ def meta(layout: Layout, meta_info: dict[str, Any], seen: dict[str, int]) -> dic
     The scheduler sends its numbers once per request (``seen`` keeps them for later chunks of a
     stream); they replace SGLang's per-request ``mepic_*`` keys in ``meta_info``.
     """
-    for key, name in SCHEDULER_KEYS.items():
-        value = meta_info.pop(key, None)
+    for key, value in strip_scheduler_keys(meta_info).items():
         if isinstance(value, list) and value:
-            seen[name] = int(value[0])
+            seen[SCHEDULER_KEYS[key]] = int(value[0])
     out: dict[str, Any] = {
         "chunks": len(layout.chunk_regions),
         "pad_tokens": layout.pad_tokens,
@@ -106,10 +112,7 @@ def meta(layout: Layout, meta_info: dict[str, Any], seen: dict[str, int]) -> dic
         **seen,
     }
     if "cached_tokens" in meta_info:
-        cached = int(meta_info["cached_tokens"])
-        out["recomputed_tokens"] = len(layout.token_ids) - cached
-        if "shared_tokens" in seen:
-            out["prefix_tokens"] = cached - seen["shared_tokens"]
+        out["recomputed_tokens"] = len(layout.token_ids) - int(meta_info["cached_tokens"])
     return out
 
 
@@ -238,10 +241,8 @@ def around_generate_request(
 
     async def run() -> AsyncIterator[Any]:
         layout = None
-        if (
-            type(obj).__name__ == "GenerateReqInput"
-            and get_plugin_args(manager.server_args).enable_mepic
-        ):
+        mepic_on = get_plugin_args(manager.server_args).enable_mepic
+        if mepic_on and type(obj).__name__ == "GenerateReqInput":
             check_reserved(obj)
             found = await _requested_segments(manager, obj, request)
             if found is not None:
@@ -257,8 +258,11 @@ def around_generate_request(
                 obj.sampling_params = sampling
         seen: dict[str, int] = {}
         async for out in original(manager, obj, request):
-            if layout is not None and isinstance(out, dict) and "meta_info" in out:
-                out["meta_info"][META_KEY] = meta(layout, out["meta_info"], seen)
+            if mepic_on and isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
+                if layout is not None:
+                    out["meta_info"][META_KEY] = meta(layout, out["meta_info"], seen)
+                else:
+                    strip_scheduler_keys(out["meta_info"])
             yield out
 
     return run()

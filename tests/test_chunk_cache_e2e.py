@@ -173,10 +173,13 @@ def test_cache_state_and_batch_never_change_the_answer(server: ServerHandle) -> 
     assert warm["meta_info"]["mepic"]["shared_tokens"] > 0
     assert tokens(cold) == tokens(warm)
     others = [segs("mills", "comet"), segs("zorblat"), segs("bakery", "comet", "zorblat")]
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(generate, server, x, "state") for x in [s, *others]]
+        plain_future = pool.submit(plain, server, list(range(200, 260)))
         batched = [f.result() for f in futures]
     assert tokens(batched[0]) == tokens(cold)
+    # a plain request batched with chunked ones carries none of the plugin's keys
+    assert not [k for k in plain_future.result()["meta_info"] if k.startswith("mepic")]
 
 
 def test_reordered_chunks_reuse_pages_and_match_a_cold_run(
@@ -192,6 +195,9 @@ def test_reordered_chunks_reuse_pages_and_match_a_cold_run(
     cold = generate(server, segs("glacier", "zorblat"), "order-cold")  # another salt: cold
     assert cold["meta_info"]["mepic"]["shared_tokens"] == 0
     assert tokens(swapped) == tokens(cold)
+    # extra_key (e.g. a LoRA adapter) namespaces chunk pages like the radix tree
+    other = generate(server, segs("glacier", "zorblat"), "order", extra_key="adapter-b")
+    assert other["meta_info"]["mepic"]["shared_tokens"] == 0
 
 
 def test_system_prompt_before_the_first_chunk_uses_the_radix_cache(
