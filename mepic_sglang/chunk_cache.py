@@ -24,7 +24,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from mepic_sglang.chunk_plan import Plan, PlanError, make_plan, parse_layout
-from mepic_sglang.chunk_store import ChunkStore
+from mepic_sglang.chunk_store import ChunkStore, page_census
 from mepic_sglang.layout import chunk_key
 from mepic_sglang.metrics import ChunkMetrics
 from mepic_sglang.recompute import RecomputePolicy, make_policy
@@ -206,41 +206,35 @@ class MepicRadixCache(UnifiedRadixCache):
 
         p = int(self.page_size)
         allocator = self.token_to_kv_pool_allocator
-        total_pages = int(allocator.size) // p
+        n_pages = int(allocator.size) // p + 1  # page 0 is reserved
         self.mepic_store.check_integrity()
 
-        def pages(slots: torch.Tensor) -> set[int]:
-            return set((slots.to(torch.int64).cpu() // p).tolist())
+        def pages(slots: torch.Tensor) -> torch.Tensor:
+            return torch.unique(slots.to(torch.int64).cpu() // p)
 
-        owner: dict[int, str] = {}
-
-        def claim(ids: set[int], state: str) -> None:
-            for page in ids:
-                prev = owner.setdefault(page, state)
-                assert prev is state, f"page {page} is both {prev} and {state}"
-
-        free = (allocator.get_all_free_pages().to(torch.int64).cpu()).tolist()
-        assert len(free) == len(set(free)), "a free page is listed twice"
-        claim(set(free), "free")
-        claim(pages(self.all_values_flatten()), "radix")
-        claim(set(self.mepic_store.shared_pages().tolist()), "shared")
-        counts = {"free": 0, "radix": 0, "shared": 0, "scratch": 0, "private": 0}
+        radix_slots = self.all_values_flatten().to(torch.int64).cpu()
+        assert radix_slots.unique().numel() == radix_slots.numel(), "a slot is in two tree nodes"
+        free = allocator.get_all_free_pages().to(torch.int64).cpu()
+        assert free.unique().numel() == free.numel(), "a free page is listed twice"
+        held = {"radix": pages(radix_slots), "shared": self.mepic_store.shared_pages()}
+        by_state: dict[str, list[torch.Tensor]] = {
+            "free": [free],
+            **{k: [v] for k, v in held.items()},
+        }
+        by_state.update(scratch=[], private=[])
+        not_private = torch.zeros(n_pages, dtype=torch.bool)
+        for v in held.values():
+            not_private[v] = True
         rows = self.req_to_token_pool.req_to_token
         for req in live_reqs:
             if not req.kv.holds_kv:
                 continue
             state = getattr(req, REQ_STATE, None)
             if state is not None and state.scratch is not None:
-                claim(pages(state.scratch), "scratch")
+                by_state["scratch"].append(pages(state.scratch))
             row = pages(rows[req.kv.req_pool_idx, : int(req.kv.kv_allocated_len)])
-            claim({pg for pg in row if owner.get(pg) not in ("radix", "shared")}, "private")
-        for name in owner.values():
-            counts[name] += 1
-        missing = set(range(1, total_pages + 1)) - set(owner)
-        assert not missing, f"{len(missing)} pages are in no state (leaked): {sorted(missing)[:8]}"
-        extra = set(owner) - set(range(0, total_pages + 1))
-        assert not extra, f"pages outside the pool: {sorted(extra)[:8]}"
-        return counts
+            by_state["private"].append(row[~not_private[row]])
+        return page_census(n_pages, by_state)
 
 
 def create_mepic_cache(ctx: Any) -> Any:

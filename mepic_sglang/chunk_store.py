@@ -154,3 +154,29 @@ class ChunkStore:
     def _next_tick(self) -> int:
         self._tick += 1
         return self._tick
+
+
+def page_census(n_pages: int, by_state: dict[str, list[torch.Tensor]]) -> dict[str, int]:
+    """Count pages per state and prove that pages ``1 .. n_pages-1`` are each claimed exactly
+    once over all states and all owners (page 0 is the allocator's reserved page).
+
+    ``by_state``: state name -> one tensor of distinct page ids per owner (per request for
+    private/scratch pages, one tensor for the pool-wide states). Raises AssertionError naming
+    the first offending pages.
+    """
+    claims = torch.zeros(n_pages, dtype=torch.int64)
+    counts = {}
+    for name, parts in by_state.items():
+        ids = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+        if ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            assert lo >= 0 and hi < n_pages, f"{name} pages outside the pool: {lo}..{hi}"
+        claims += torch.bincount(ids, minlength=n_pages)
+        counts[name] = int(ids.numel())
+    twice = torch.nonzero(claims[1:] > 1).flatten() + 1
+    assert twice.numel() == 0, f"pages in two states or owners: {twice[:8].tolist()}"
+    leaked = torch.nonzero(claims[1:] == 0).flatten() + 1
+    assert leaked.numel() == 0, (
+        f"{leaked.numel()} pages in no state (leaked): {leaked[:8].tolist()}"
+    )
+    return counts

@@ -17,7 +17,7 @@ from mepic_sglang.chunk_plan import (
     make_plan,
     parse_layout,
 )
-from mepic_sglang.chunk_store import ChunkStore
+from mepic_sglang.chunk_store import ChunkStore, page_census
 from mepic_sglang.layout import KIND_CODE, build_layout
 from mepic_sglang.recompute import POLICIES, make_policy
 
@@ -53,6 +53,18 @@ def test_store_integrity_catches_shared_page_twice() -> None:
     store.publish("b", pages(1))
     with pytest.raises(AssertionError, match="two chunk entries"):
         store.check_integrity()
+
+
+def test_page_census_proves_each_page_has_one_owner() -> None:
+    t = torch.tensor
+    ok = {"free": [t([1, 2])], "shared": [t([3])], "private": [t([4]), t([5, 6])]}
+    assert page_census(7, ok) == {"free": 2, "shared": 1, "private": 3}
+    with pytest.raises(AssertionError, match=r"two states or owners: \[5\]"):
+        page_census(7, {**ok, "private": [t([4, 5]), t([5, 6])]})  # two requests, one page
+    with pytest.raises(AssertionError, match=r"leaked\): \[6\]"):
+        page_census(7, {**ok, "private": [t([4]), t([5])]})
+    with pytest.raises(AssertionError, match="outside the pool"):
+        page_census(7, {**ok, "scratch": [t([9])]})
 
 
 # ---- policies ----------------------------------------------------------------------------------
