@@ -157,7 +157,7 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
         row_table[idx, : plan.total_len] = row.to(row_table.device, row_table.dtype)
         fill = torch.as_tensor(list(req.full_untruncated_fill_ids), dtype=torch.int64)
         ids_parts[i] = fill[lay.positions].to(ids_parts[i].dtype)
-        computed_slots = row[plan.computed_positions()]
+        computed_slots = row[lay.positions[lay.scratch_positions.numel() :]]
         loc_parts[i] = torch.cat([scratch.cpu(), computed_slots]).to(loc_parts[i])
         for u in plan.cold:
             if store.publish(u.key, row[u.shared_start : u.end]):
@@ -188,12 +188,11 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
 
 def _assert_not_shared(store: Any, *slot_sets: torch.Tensor) -> None:
     """A page is never written after it is published: this forward writes none of them."""
-    shared = store.shared_pages()
-    if shared.numel() == 0:
+    if not store.page_ids:
         return
     for slots in slot_sets:
-        pages = slots.cpu() // store.page_size
-        assert not torch.isin(pages, shared).any(), "an extend would write a shared chunk page"
+        pages = (slots.cpu() // store.page_size).tolist()
+        assert store.page_ids.isdisjoint(pages), "an extend would write a shared chunk page"
 
 
 def after_forward_batch_init(result: Any, *args: Any, **kwargs: Any) -> None:

@@ -53,6 +53,11 @@ class ChunkStore:
     stats: StoreStats = field(default_factory=StoreStats)
     scratch_tokens: int = 0  # scratch pages held by running requests (see chunk_batch)
     _tick: int = 0
+    # NOTE: SGLang asks for evictable/protected sizes on every admission check; running totals
+    # keep those O(1) (check_integrity recomputes them). page_ids serves the write guard.
+    _evictable: int = 0
+    _referenced: int = 0
+    page_ids: set[int] = field(default_factory=set)
 
     # ---- lookups and references -------------------------------------------------------------
     def lookup(self, key: str) -> ChunkEntry | None:
@@ -62,6 +67,9 @@ class ChunkStore:
         """A request starts reading these entries' pages."""
         for key in keys:
             entry = self.entries[key]
+            if entry.refs == 0:
+                self._evictable -= entry.tokens
+                self._referenced += entry.tokens
             entry.refs += 1
             entry.last_used = self._next_tick()
 
@@ -70,6 +78,9 @@ class ChunkStore:
             entry = self.entries[key]
             assert entry.refs > 0, f"chunk {key[:12]} released more often than acquired"
             entry.refs -= 1
+            if entry.refs == 0:
+                self._referenced -= entry.tokens
+                self._evictable += entry.tokens
             entry.last_used = self._next_tick()
 
     def publish(self, key: str, slots: torch.Tensor) -> bool:
@@ -80,19 +91,22 @@ class ChunkStore:
             return False
         assert slots.numel() > 0 and slots.numel() % self.page_size == 0, "not whole pages"
         assert int(slots[0]) % self.page_size == 0, "shared pages must start on a page"
-        self.entries[key] = ChunkEntry(key, slots.clone(), refs=1, last_used=self._next_tick())
+        entry = ChunkEntry(key, slots.clone(), refs=1, last_used=self._next_tick())
+        self.entries[key] = entry
+        self._referenced += entry.tokens
+        self.page_ids.update((entry.slots[:: self.page_size] // self.page_size).tolist())
         self.stats.published += 1
         return True
 
     # ---- memory accounting -------------------------------------------------------------------
     def evictable_tokens(self) -> int:
-        return sum(e.tokens for e in self.entries.values() if e.refs == 0)
+        return self._evictable
 
     def protected_tokens(self) -> int:
-        return sum(e.tokens for e in self.entries.values() if e.refs > 0) + self.scratch_tokens
+        return self._referenced + self.scratch_tokens
 
     def shared_tokens(self) -> int:
-        return sum(e.tokens for e in self.entries.values())
+        return self._evictable + self._referenced
 
     def evict(self, num_tokens: int, free: Callable[[torch.Tensor], None]) -> int:
         """Free least-recently-used unreferenced entries until ``num_tokens`` are freed or none
@@ -105,6 +119,10 @@ class ChunkStore:
             if freed >= num_tokens:
                 break
             del self.entries[entry.key]
+            self._evictable -= entry.tokens
+            self.page_ids.difference_update(
+                (entry.slots[:: self.page_size] // self.page_size).tolist()
+            )
             free(entry.slots)
             freed += entry.tokens
             self.stats.evictions += 1
@@ -113,10 +131,7 @@ class ChunkStore:
 
     # ---- integrity ---------------------------------------------------------------------------
     def shared_pages(self) -> torch.Tensor:
-        if not self.entries:
-            return torch.empty(0, dtype=torch.int64)
-        slots = torch.cat([e.slots for e in self.entries.values()])
-        return (slots[:: self.page_size] // self.page_size).to(torch.int64)
+        return torch.tensor(sorted(self.page_ids), dtype=torch.int64)
 
     def check_integrity(self) -> None:
         """Each entry holds whole, distinct pages; no page is in two entries; refs >= 0."""
@@ -135,6 +150,10 @@ class ChunkStore:
             assert len(set(ids)) == len(ids), f"chunk {entry.key[:12]} repeats a page"
             seen.update(ids)
         assert self.scratch_tokens >= 0
+        entries = self.entries.values()
+        assert self._evictable == sum(e.tokens for e in entries if e.refs == 0), "evictable total"
+        assert self._referenced == sum(e.tokens for e in entries if e.refs > 0), "referenced total"
+        assert self.page_ids == seen, "page index out of step with the entries"
 
     def snapshot(self) -> dict[str, int]:
         s = self.stats
