@@ -1,10 +1,9 @@
 """RoPE-fused paged attention for MEPIC (keys stored without RoPE, rotated inside attention).
 
-Owns: the attention backends that MEPIC registers with SGLang — the FlashInfer path on GPU, the
-project's own Triton kernel for non-suffix extends, and the torch reference used on CPU and as the
-test oracle. Layering: imports torch/triton/flashinfer and SGLang's attention base classes only;
-never another plugin package.
-
-Status: the torch reference and its backend (`--attention-backend mepic`) have landed; the Triton
-kernel and the FlashInfer path come with the GPU attention issue (#5).
+Owns: the attention backends that MEPIC registers with SGLang (``backends.FACTORIES``): the torch
+reference (CPU path and test oracle), the project's Triton kernel (explicit per-query and per-key
+positions, GQA, MEPIC attention groups; extend and split-K decode), and the FlashInfer
+``ROPE_LLAMA`` path for decodes and suffix extends, chosen per forward by ``kernel_backend``.
+Layering: imports torch/triton/flashinfer and SGLang's attention base classes only; never another
+plugin package.
 """

@@ -33,7 +33,9 @@ class RopeTable(NamedTuple):
         return cls(rope.cos_sin_cache, rope.head_size, rope.rotary_dim, rope.is_neox_style)
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, table: RopeTable) -> torch.Tensor:
+def apply_rope(
+    x: torch.Tensor, positions: torch.Tensor, table: RopeTable, inverse: bool = False
+) -> torch.Tensor:
     """Rotate ``x`` ``[n, heads, head_size]`` at ``positions`` ``[n]``; returns a new tensor.
 
     NOTE: the operation order follows SGLang's native rotary path (gather cos/sin, cast to the
@@ -43,6 +45,8 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, table: RopeTable) -> to
     cos, sin = table.cos_sin_cache.index_select(0, positions.flatten()).chunk(2, dim=-1)
     cos = cos.unsqueeze(-2).to(x.dtype)
     sin = sin.unsqueeze(-2).to(x.dtype)
+    if inverse:
+        sin = -sin
     rot, rest = x[..., : table.rotary_dim], x[..., table.rotary_dim :]
     if table.is_neox_style:
         x1, x2 = torch.chunk(rot, 2, dim=-1)
@@ -55,6 +59,12 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, table: RopeTable) -> to
     else:
         rotated = torch.stack((o1, o2), dim=-1).flatten(-2)
     return torch.cat((rotated, rest), dim=-1)
+
+
+def unapply_rope(x: torch.Tensor, positions: torch.Tensor, table: RopeTable) -> torch.Tensor:
+    """Inverse of :func:`apply_rope` (rotate by ``-position``): turns the model's rotated q back
+    into the NoPE q that kernels with their own in-kernel RoPE (FlashInfer ``ROPE_LLAMA``) want."""
+    return apply_rope(x, positions, table, inverse=True)
 
 
 class AttentionGroups(NamedTuple):

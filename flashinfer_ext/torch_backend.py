@@ -31,8 +31,9 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from flashinfer_ext.rope_reference import AttentionGroups, RopeTable, attention_with_positions
 
 BACKEND_NAME = "mepic"
-# ForwardBatch.model_specific_states key set by mepic_sglang.chunk_batch for extends that encode
-# cold chunks: {request index in batch: {q_group, k_group, k_context, extra_slots, extra_positions}}
+# ForwardBatch.model_specific_states key set by mepic_sglang.chunk_batch for extends with MEPIC
+# requests: {request index in batch: {} (queries at explicit positions, not a suffix) or, when it
+# encodes cold chunks, {q_group, k_group, k_context, extra_slots, extra_positions}}
 GROUPS_KEY = "mepic_attention"
 
 
@@ -59,6 +60,15 @@ class MepicTorchAttnBackend(TorchNativeAttnBackend):
         if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
             raise NotImplementedError("MEPIC attention does not support sliding windows")
 
+    def _save_kv(
+        self, k: torch.Tensor | None, v: torch.Tensor | None, layer: Any, forward_batch: Any,
+        save_kv_cache: bool,
+    ) -> None:  # fmt: skip
+        """Store this forward's keys (NoPE) and values in the pool."""
+        if save_kv_cache and k is not None and v is not None:
+            loc = KVWriteLoc(forward_batch.out_cache_loc, self.swa_out_cache_loc)
+            self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v)
+
     def _attend(
         self,
         q: torch.Tensor,
@@ -70,9 +80,7 @@ class MepicTorchAttnBackend(TorchNativeAttnBackend):
         q_counts: list[int],
     ) -> torch.Tensor:
         self._check_layer(layer)
-        if save_kv_cache and k is not None and v is not None:
-            loc = KVWriteLoc(forward_batch.out_cache_loc, self.swa_out_cache_loc)
-            self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v)
+        self._save_kv(k, v, layer, forward_batch, save_kv_cache)
         table = layer_rope(layer)
         q_ = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         out = q_.new_empty((q_.shape[0], layer.tp_q_head_num, layer.v_head_dim))
@@ -91,7 +99,7 @@ class MepicTorchAttnBackend(TorchNativeAttnBackend):
             k_pos = torch.arange(seq_len, device=positions.device)
             extra = groups_by_req.get(r)
             groups = None
-            if extra is not None:
+            if extra:  # MEPIC cold chunks: scratch keys and visibility groups
                 slots = torch.cat([slots.to(extra["extra_slots"].dtype), extra["extra_slots"]])
                 k_pos = torch.cat([k_pos, extra["extra_positions"].to(k_pos.dtype)])
                 groups = AttentionGroups(extra["q_group"], extra["k_group"], extra["k_context"])
@@ -122,8 +130,3 @@ class MepicTorchAttnBackend(TorchNativeAttnBackend):
     ) -> torch.Tensor:  # fmt: skip
         q_counts = [1] * forward_batch.batch_size
         return self._attend(q, k, v, layer, forward_batch, save_kv_cache, q_counts)
-
-
-def create_backend(model_runner: Any) -> MepicTorchAttnBackend:
-    """Factory for SGLang's attention-backend registry."""
-    return MepicTorchAttnBackend(model_runner)

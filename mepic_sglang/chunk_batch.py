@@ -208,13 +208,17 @@ def after_forward_batch_init(result: Any, *args: Any, **kwargs: Any) -> None:
     for i, ext in meta.items():
         lay = ext.layout
         positions[starts[i] : starts[i + 1]] = lay.positions.to(device, positions.dtype)
-        per_req[i] = {
-            "q_group": lay.q_group.to(device),
-            "k_group": lay.k_group.to(device),
-            "k_context": lay.k_context.to(device),
-            "extra_slots": ext.scratch_slots.to(device),
-            "extra_positions": lay.scratch_positions.to(device),
-        }
+        # NOTE: every MEPIC request gets an entry (its queries are not a suffix: the backend's
+        # dispatcher reads that); groups and scratch keys only when it encodes cold chunks.
+        per_req[i] = {}
+        if lay.scratch_positions.numel() or bool(lay.k_group.any()):
+            per_req[i] = {
+                "q_group": lay.q_group.to(device),
+                "k_group": lay.k_group.to(device),
+                "k_context": lay.k_context.to(device),
+                "extra_slots": ext.scratch_slots.to(device),
+                "extra_positions": lay.scratch_positions.to(device),
+            }
     result.positions = positions
     # NOTE: runners copy the ForwardBatch with dataclasses.replace, which keeps declared fields
     # only; model_specific_states is a declared free-form dict (used by no supported model).

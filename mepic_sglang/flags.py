@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +111,10 @@ class PluginArgs:
         if getattr(server_args, "page_size", None) is None:
             # NOTE: chunks are padded to page boundaries; 16 as in the MEPIC paper (vLLM blocks).
             server_args.page_size = DEFAULT_MEPIC_PAGE_SIZE
+        if model_support.uses_mepic_attention(server_args) and _cuda_target(server_args):
+            # NOTE: the MEPIC backends have no CUDA-graph capture (per-forward ragged metadata and
+            # lazy FlashInfer plans); SGLang would otherwise try to capture decode graphs.
+            server_args.disable_cuda_graph = True
 
     def problems(
         self, server_args: Any, compat_problems: Callable[[], list[str]] = list
@@ -151,10 +157,17 @@ class PluginArgs:
             out.append(
                 "argument --enable-mepic: needs RoPE applied inside attention: "
                 f"--attention-backend {model_support.MEPIC_ATTENTION_BACKEND} (the default with "
-                f"--enable-mepic), not {getattr(server_args, 'attention_backend', None)!r}"
+                f"--enable-mepic; or {', '.join(model_support.MEPIC_ATTENTION_BACKENDS[1:])}), "
+                f"not {getattr(server_args, 'attention_backend', None)!r}"
             )
         if mepic_attention:
             out += model_support.backend_problems(server_args)
+            out += model_support.device_problems(
+                server_args,
+                cuda=_cuda_target(server_args),
+                triton_interpret=os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+                flashinfer=importlib.util.find_spec("flashinfer") is not None,
+            )
             if model := getattr(server_args, "model_path", None):
                 out += [
                     f"argument --enable-mepic: {p}" for p in model_support.model_problems(model)
@@ -169,6 +182,16 @@ class PluginArgs:
                 + " (pass --mepic-compat-check warn to try anyway)"
             )
         return out
+
+
+def _cuda_target(server_args: Any) -> bool:
+    """True when the server will run on a CUDA device (``--device cuda``, or unset with CUDA)."""
+    device = getattr(server_args, "device", None)
+    if device not in (None, "cuda"):
+        return False
+    import torch  # NOTE: late import; only reached when a MEPIC backend is selected
+
+    return bool(torch.cuda.is_available())
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:

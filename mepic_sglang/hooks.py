@@ -23,6 +23,7 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
 - ``register_attention_backend`` + ``add_attention_backend_choices``: ``--attention-backend mepic``
+  (and ``mepic_torch`` / ``mepic_triton`` / ``mepic_flashinfer``)
 - ``register_radix_cache_backend``: ``--radix-cache-backend mepic`` (radix tree + chunk store)
 """
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from mepic_sglang import chunk_batch, flags, model_support, nope, observe, request_api
+from mepic_sglang import chunk_batch, flags, nope, observe, request_api
 
 
 class HookSpec(NamedTuple):
@@ -163,10 +164,11 @@ def _register_attention_backends() -> None:
     from sglang.srt.layers.attention.attention_registry import register_attention_backend
     from sglang.srt.server_args import add_attention_backend_choices
 
-    from flashinfer_ext.torch_backend import create_backend
+    from flashinfer_ext.backends import FACTORIES
 
-    add_attention_backend_choices([model_support.MEPIC_ATTENTION_BACKEND])
-    register_attention_backend(model_support.MEPIC_ATTENTION_BACKEND)(create_backend)
+    add_attention_backend_choices(list(FACTORIES))
+    for name, factory in FACTORIES.items():
+        register_attention_backend(name)(factory)
 
 
 def _register_radix_cache_backend() -> None:

@@ -11,14 +11,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-MEPIC_ATTENTION_BACKEND = "mepic"
+MEPIC_ATTENTION_BACKEND = "mepic"  # the default with --enable-mepic: torch on CPU, GPU kernels
+# Every backend that stores NoPE keys (flashinfer_ext.backends.FACTORIES has the same names).
+MEPIC_ATTENTION_BACKENDS = ("mepic", "mepic_torch", "mepic_triton", "mepic_flashinfer")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend", "decode_attention_backend")
 
 
 def uses_mepic_attention(server_args: Any) -> bool:
     """True when any of the attention-backend flags selects the MEPIC backend."""
-    return any(getattr(server_args, f, None) == MEPIC_ATTENTION_BACKEND for f in _BACKEND_FIELDS)
+    return any(getattr(server_args, f, None) in MEPIC_ATTENTION_BACKENDS for f in _BACKEND_FIELDS)
+
+
+def selected_backends(server_args: Any) -> set[str]:
+    """The MEPIC attention backends named by any attention-backend flag."""
+    values = {getattr(server_args, f, None) for f in _BACKEND_FIELDS}
+    return {v for v in values if v in MEPIC_ATTENTION_BACKENDS}
 
 
 def backend_problems(server_args: Any) -> list[str]:
@@ -27,10 +35,30 @@ def backend_problems(server_args: Any) -> list[str]:
         return []
     return [
         f"argument --{name.replace('_', '-')}: {value!r} cannot be mixed with "
-        f"--attention-backend {MEPIC_ATTENTION_BACKEND} (keys in the pool are stored without RoPE)"
+        f"--attention-backend {'/'.join(MEPIC_ATTENTION_BACKENDS)} (keys in the pool are stored "
+        "without RoPE)"
         for name in _BACKEND_FIELDS
-        if (value := getattr(server_args, name, None)) not in (None, MEPIC_ATTENTION_BACKEND)
+        if (value := getattr(server_args, name, None)) not in (None, *MEPIC_ATTENTION_BACKENDS)
     ]
+
+
+def device_problems(
+    server_args: Any, cuda: bool, triton_interpret: bool, flashinfer: bool
+) -> list[str]:
+    """Backends that cannot run on this machine (``cuda``: a CUDA device will be used)."""
+    out = []
+    chosen = selected_backends(server_args)
+    if "mepic_triton" in chosen and not cuda and not triton_interpret:
+        out.append(
+            "argument --attention-backend: mepic_triton needs a CUDA GPU (on CPU only with "
+            "TRITON_INTERPRET=1, Triton's slow interpreter, for tests); use mepic on CPU"
+        )
+    if "mepic_flashinfer" in chosen and not (cuda and flashinfer):
+        out.append(
+            "argument --attention-backend: mepic_flashinfer needs a CUDA GPU and the flashinfer "
+            "package; use mepic (it uses FlashInfer when it can)"
+        )
+    return out
 
 
 def rope_type(config: dict[str, Any]) -> str:

@@ -92,11 +92,27 @@ def chunk_state(scheduler: Any) -> dict[str, Any] | None:
     return out
 
 
+def attention_state(scheduler: Any) -> dict[str, Any] | None:
+    """Which MEPIC attention kernels serve this scheduler: forwards per kernel, and why FlashInfer
+    is not used (None when it is, or before the first forward decided it)."""
+    runner = getattr(getattr(scheduler, "tp_worker", None), "model_runner", None)
+    backend = getattr(runner, "attn_backend", None)
+    if backend is None or not type(backend).__module__.startswith("flashinfer_ext."):
+        return None
+    out: dict[str, Any] = {"backend": type(backend).__name__}
+    if hasattr(backend, "batches"):
+        out["forwards"] = dict(backend.batches)
+        out["flashinfer_problem"] = backend.fi_problem
+    return out
+
+
 def after_get_internal_state(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
     """AFTER ``Scheduler.get_internal_state``: add :func:`plugin_state` to the reply."""
     state = plugin_state(scheduler.server_args)
     state["pool"] = pool_state(scheduler)
     if (chunks := chunk_state(scheduler)) is not None:
         state["chunks"] = chunks
+    if (attention := attention_state(scheduler)) is not None:
+        state["attention"] = attention
     result.internal_state[INTERNAL_STATE_KEY] = state
     return result

@@ -20,6 +20,10 @@ def _has_cuda() -> bool:
 # SGLang at collection time. The CPU .pth sets the same default; on a GPU machine we leave it.
 if not _has_cuda():
     os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+    # NOTE: Triton picks interpreted vs compiled kernels when it is imported, so the CPU runs of
+    # the Triton kernel tests need this before anything imports triton. Servers started by the
+    # tests do not inherit it (tests/server_utils.py) unless a test asks for it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

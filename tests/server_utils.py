@@ -64,12 +64,17 @@ def _name(p: psutil.Process) -> str:
         return "<gone>"
 
 
+def _server_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
 def start_server(
     model: Path, extra_args: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> ServerHandle:
     """Launch ``python -m sglang.launch_server`` and wait until ``/health_generate`` answers.
 
-    ``env``: extra environment variables for the server processes."""
+    ``env``: extra environment variables for the server processes (the test process's
+    ``TRITON_INTERPRET`` is not passed on unless ``env`` names it)."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "sglang.launch_server",
@@ -82,7 +87,7 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **(env or {})},
+            env={**_server_env(), **(env or {})},
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S

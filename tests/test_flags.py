@@ -115,6 +115,34 @@ def test_enable_mepic_selects_rope_in_attention(prepare) -> None:  # type: ignor
         prepare("--attention-backend", "mepic", "--decode-attention-backend", "torch_native")
 
 
+def test_gpu_attention_backends_are_selectable_and_checked(
+    prepare, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Every MEPIC backend name parses; those this machine cannot run are refused by name."""
+    from flashinfer_ext.backends import FACTORIES
+    from mepic_sglang.model_support import MEPIC_ATTENTION_BACKENDS
+
+    assert tuple(FACTORIES) == MEPIC_ATTENTION_BACKENDS
+    assert prepare("--enable-mepic", "--attention-backend", "mepic_torch").attention_backend == (
+        "mepic_torch"
+    )
+    # prefill and decode may use different MEPIC kernels (both read NoPE keys)
+    prepare("--enable-mepic", "--prefill-attention-backend", "mepic_torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusals below are for machines without CUDA")
+    with pytest.raises(SystemExit, match="argument --attention-backend: mepic_flashinfer needs"):
+        prepare("--enable-mepic", "--attention-backend", "mepic_flashinfer")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit, match="argument --attention-backend: mepic_triton needs"):
+        prepare("--enable-mepic", "--attention-backend", "mepic_triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert prepare("--enable-mepic", "--attention-backend", "mepic_triton").attention_backend == (
+        "mepic_triton"
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
