@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from flashinfer_ext.rope_reference import RopeTable, unapply_rope
+from flashinfer_ext.triton_attention import host_to_device
 
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommendation
 
@@ -61,7 +62,7 @@ def kv_token_indices(
     Sizes come from the CPU list, so nothing waits for the GPU."""
     device = rows.device
     total = sum(seq_lens)
-    lens = torch.tensor(seq_lens, dtype=torch.int64, device=device)
+    lens = host_to_device(seq_lens, device).to(torch.int64)
     indptr = torch.zeros(len(seq_lens) + 1, dtype=torch.int64, device=device)
     indptr[1:] = torch.cumsum(lens, 0)
     owner = torch.repeat_interleave(rows.to(torch.int64), lens, output_size=total)
@@ -106,7 +107,7 @@ class FlashInferRope:
         self._pending = {
             "kv_indptr": indptr,
             "kv_indices": indices,
-            "qo_indptr": torch.tensor(qo, dtype=torch.int32, device=rows.device),
+            "qo_indptr": host_to_device(qo, rows.device),
             "last_page_len": torch.ones(len(seq_lens), dtype=torch.int32, device=rows.device),
         }
         self._planned = None

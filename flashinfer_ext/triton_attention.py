@@ -70,11 +70,20 @@ class RaggedBatch:
         return int(self.k_group.shape[0]) > 0
 
 
+def host_to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """An int32 tensor on ``device`` without stalling the host: pinned memory and a non-blocking
+    copy on CUDA (a pageable copy would wait for the GPU to finish the previous forward)."""
+    t = torch.tensor(values, dtype=torch.int32)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _offsets(counts: list[int], device: torch.device) -> torch.Tensor:
     out = [0]
     for c in counts:
         out.append(out[-1] + c)
-    return torch.tensor(out, dtype=torch.int32, device=device)
+    return host_to_device(out, device)
 
 
 def pack_batch(
@@ -117,7 +126,7 @@ def pack_batch(
     return RaggedBatch(
         req_to_token=req_to_token,
         rows=rows.to(device),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        seq_lens=host_to_device(seq_lens, device),
         q_start=_offsets(q_counts, device),
         q_positions=q_positions,
         q_group=q_group,

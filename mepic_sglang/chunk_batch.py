@@ -46,6 +46,7 @@ class ReqState:
     published: list[tuple[int, int]] = field(default_factory=list)  # spans it published
     scratch: torch.Tensor | None = None
     applied: bool = False
+    copied: bool = False  # --mepic-chunk-copies: warm spans hold this request's private copies
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
     # the warm entries, which still count as evictable until commit acquires them.
     store = _store(adder.tree_cache)
     unpinned = sum(u.end - u.shared_start for u in plan.warm if store.entries[u.key].refs == 0)
-    kwargs["total_tokens"] = kwargs["total_tokens"] + plan.scratch_tokens + unpinned
+    extra = plan.scratch_tokens + _copy_tokens(adder.tree_cache, plan)
+    kwargs["total_tokens"] = kwargs["total_tokens"] + extra + unpinned
     result = original(adder, req, **kwargs)
     if getattr(result, "is_chunked", False):
         # NOTE: a chunked prefill would continue from row[:prefix_len] as a plain prefix; the
@@ -94,9 +96,10 @@ def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwar
     # NOTE: SGLang charged the round's budget for the extend only; charge the scratch heads too,
     # so the requests admitted after this one in the same round still fit (PrefillBudget).
     budget = getattr(adder, "memory_budget", None)
-    if plan.scratch_tokens and budget is not None and hasattr(budget, "total_offset"):
-        budget.total_offset += plan.scratch_tokens
-        budget.current_offset += plan.scratch_tokens
+    extra = plan.scratch_tokens + _copy_tokens(adder.tree_cache, plan)
+    if extra and budget is not None and hasattr(budget, "total_offset"):
+        budget.total_offset += extra
+        budget.current_offset += extra
     if plan.scratch_tokens:  # the scratch heads are computed too: charge the compute budgets
         adder.rem_input_tokens -= plan.scratch_tokens
         if adder.rem_chunk_tokens is not None:
@@ -105,6 +108,13 @@ def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwar
     store.stats.misses += len(plan.cold)
     setattr(req, REQ_STATE, ReqState(plan, acquired=keys))
     adder.tree_cache.mepic_metrics.sync(store)
+
+
+def _copy_tokens(tree_cache: Any, plan: Plan) -> int:
+    """Tokens of private warm-chunk copies this request allocates (--mepic-chunk-copies)."""
+    if not getattr(tree_cache, "mepic_copies", False):
+        return 0
+    return sum(u.end - u.shared_start for u in plan.warm)
 
 
 # ---- the extend --------------------------------------------------------------------------------
@@ -154,6 +164,8 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
         warm_slots = [store.entries[u.key].slots for u in plan.warm]
         row = logical_row(plan, old_row[: plan.prefix], warm_slots, fresh)
         _assert_not_shared(store, fresh, scratch)
+        if _copy_tokens(tree_cache, plan):
+            _copy_warm_spans(req, state, tree_cache, row)
         row_table[idx, : plan.total_len] = row.to(row_table.device, row_table.dtype)
         fill = torch.as_tensor(list(req.full_untruncated_fill_ids), dtype=torch.int64)
         ids_parts[i] = fill[lay.positions].to(ids_parts[i].dtype)
@@ -184,6 +196,35 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
     batch.prefill_input_ids_cpu = torch.cat(ids_parts)
     batch.out_cache_loc = torch.cat(loc_parts)
     setattr(batch, BATCH_META, meta)
+
+
+def _copy_warm_spans(req: Any, state: ReqState, tree_cache: Any, row: torch.Tensor) -> None:
+    """--mepic-chunk-copies: give the request private copies of its warm spans (``row`` is
+    updated in place) and stop holding the shared entries, as an EPIC-style system would."""
+    plan = state.plan
+    n = _copy_tokens(tree_cache, plan)
+    dst = _alloc_scratch(tree_cache, n)
+    if dst is None:
+        logger.warning("rid %s: no room for private chunk copies; reading shared pages", req.rid)
+        return
+    pool = tree_cache.token_to_kv_pool_allocator.get_kvcache()
+    src = torch.cat([row[u.shared_start : u.end] for u in plan.warm])
+    device_src, device_dst = src.to(dst.device), dst
+    # NOTE: one gather/scatter per layer buffer (the pool's own move_kv_cache needs a copy
+    # kernel config CPU pools do not build).
+    for buf in (*pool.k_buffer, *pool.v_buffer):
+        buf[device_dst] = buf[device_src]
+    off = 0
+    for u in plan.warm:
+        span = u.end - u.shared_start
+        row[u.shared_start : u.end] = dst[off : off + span].cpu()
+        off += span
+    warm_keys = [u.key for u in plan.warm]
+    _store(tree_cache).release(warm_keys)
+    for key in warm_keys:
+        state.acquired.remove(key)
+    req.kv.cache_protected_len -= n
+    state.copied = True
 
 
 def _assert_not_shared(store: Any, *slot_sets: torch.Tensor) -> None:
@@ -260,7 +301,7 @@ def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any
         private = torch.ones(plan.total_len, dtype=torch.bool)
         private[:tree_owned] = False
         shared_parts = [row[:tree_owned]]
-        for u in plan.warm:
+        for u in plan.warm if not state.copied else ():  # copies are the request's own
             shared_parts.append(row[u.shared_start : u.end])
             private[u.shared_start : u.end] = False
         for s, e in state.published:

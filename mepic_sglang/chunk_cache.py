@@ -70,9 +70,16 @@ class MepicRadixCache(UnifiedRadixCache):
     mepic_model: str
 
     def mepic_init(
-        self, policy: RecomputePolicy, *, model: str = "", metrics: bool = False
+        self,
+        policy: RecomputePolicy,
+        *,
+        model: str = "",
+        metrics: bool = False,
+        copies: bool = False,
     ) -> None:
         self.mepic_model = model
+        # --mepic-chunk-copies: requests read private copies of warm chunks (a baseline)
+        self.mepic_copies = copies
         self.mepic_store = ChunkStore(page_size=int(self.page_size))
         self.mepic_policy = policy
         self.mepic_metrics = ChunkMetrics(metrics)
@@ -249,5 +256,6 @@ def create_mepic_cache(ctx: Any) -> Any:
         make_policy(args.mepic_recompute, args.mepic_recompute_k),
         model=str(ctx.server_args.model_path),
         metrics=bool(getattr(ctx.server_args, "enable_metrics", False)),
+        copies=args.mepic_chunk_copies,
     )
     return cache

@@ -87,6 +87,12 @@ class PluginArgs:
         "With --mepic-recompute first-k-tokens: recompute the pages holding each chunk's first K "
         "tokens.",
     )
+    mepic_chunk_copies: bool = flag(
+        False,
+        "Baseline mode for benchmarks (EPIC/CacheBlend-style memory): every request reads a "
+        "private copy of its reused chunks' pages instead of the one shared copy. Needs "
+        "--enable-mepic.",
+    )
     mepic_compat_check: str = flag(
         "strict",
         "What to do when the installed SGLang is not the version this plugin was built for, or a "
@@ -150,6 +156,8 @@ class PluginArgs:
             for name, cli, is_on in _MEPIC_CONFLICTS:
                 if is_on(getattr(server_args, name, None)):
                     out.append(f"argument {cli}: not supported with --enable-mepic yet")
+        if self.mepic_chunk_copies and not self.enable_mepic:
+            out.append("argument --mepic-chunk-copies: needs --enable-mepic")
         if self.mepic_chunk_separator and not self.enable_mepic:
             out.append("argument --mepic-chunk-separator: needs --enable-mepic")
         mepic_attention = model_support.uses_mepic_attention(server_args)

@@ -11,6 +11,7 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | ServerArgs.from_cli_args                 | AFTER | validate flags, carry them to subprocesses    |
 | Scheduler.__init__                       | AFTER | log that the plugin runs in the scheduler     |
 | Scheduler.get_internal_state             | AFTER | ``/server_info`` shows the scheduler's view   |
+| Scheduler.get_next_batch_to_run          | AFTER | sample KV pool use (peak/mean in server_info) |
 | {Llama,Qwen2,Qwen3}Attention.__init__    | AFTER | NoPE keys: rotate q only, hand RoPE to attn   |
 | TokenizerManager.generate_request        | AROUND| chunk segments -> page-aligned token ids      |
 | PrefillAdder._select_prefill_admission   | AROUND| budget scratch heads; never chunk MEPIC reqs  |
@@ -77,6 +78,12 @@ HOOKS: tuple[HookSpec, ...] = (
         "AFTER",
         observe.after_get_internal_state,
         ("self", "recv_req"),
+    ),
+    HookSpec(
+        f"{_SCHEDULER}.get_next_batch_to_run",
+        "AFTER",
+        observe.after_next_batch,
+        ("self", "running_batch", "last_batch"),
     ),
     *(
         HookSpec(target, "AFTER", nope.after_attention_init, params)

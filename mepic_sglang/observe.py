@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from mepic_sglang import __version__, compat, nope
@@ -51,16 +52,74 @@ def after_scheduler_init(result: None, scheduler: Any, *args: Any, **kwargs: Any
         logger.warning("mepic-sglang compatibility: %s", problem)
 
 
-def pool_state(scheduler: Any) -> dict[str, int]:
+USAGE_ATTR = "_mepic_pool_usage"
+
+
+@dataclass
+class UsageWindow:
+    peak: int = 0
+    busy_steps: int = 0
+    busy_sum: int = 0
+
+    def sample(self, used: int, busy: bool) -> None:
+        self.peak = max(self.peak, used)
+        if busy:
+            self.busy_steps += 1
+            self.busy_sum += used
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        mean = self.busy_sum / self.busy_steps if self.busy_steps else 0.0
+        return {f"{prefix}peak_used_tokens": self.peak, f"{prefix}mean_used_tokens": mean,
+                f"{prefix}busy_steps": self.busy_steps}  # fmt: skip
+
+
+@dataclass
+class PoolUsage:
+    """KV tokens held by running work (``total - available - evictable``: locked radix nodes,
+    referenced chunk pages, scratch and request-private pages), sampled once per scheduler step
+    after the step's allocations: exact at step granularity. ``mean`` is over the steps that ran
+    a batch. ``since_start`` covers the server's life; ``window`` the time since the previous
+    ``/server_info`` (reading it starts a new window: a benchmark brackets a pass with two)."""
+
+    since_start: UsageWindow = field(default_factory=UsageWindow)
+    window: UsageWindow = field(default_factory=UsageWindow)
+
+    def sample(self, used: int, busy: bool) -> None:
+        self.since_start.sample(used, busy)
+        self.window.sample(used, busy)
+
+    def read(self) -> dict[str, float]:
+        out = {**self.since_start.as_dict(""), **self.window.as_dict("window_")}
+        self.window = UsageWindow()
+        return out
+
+
+def _used_tokens(scheduler: Any) -> int:
+    total = int(scheduler.max_total_num_tokens)
+    available = int(scheduler.token_to_kv_pool_allocator.available_size())
+    return total - available - int(scheduler.tree_cache.evictable_size())
+
+
+def after_next_batch(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+    """AFTER ``Scheduler.get_next_batch_to_run``: sample the pool for :class:`PoolUsage`."""
+    usage = scheduler.__dict__.setdefault(USAGE_ATTR, PoolUsage())
+    usage.sample(_used_tokens(scheduler), getattr(result, "batch_to_run", None) is not None)
+    return result
+
+
+def pool_state(scheduler: Any) -> dict[str, Any]:
     """The KV pool in tokens, for any server (stock included), so benchmarks compare alike."""
     cache = scheduler.tree_cache
     allocator = scheduler.token_to_kv_pool_allocator
+    usage = scheduler.__dict__.get(USAGE_ATTR) or PoolUsage()
     return {
         "total_tokens": int(scheduler.max_total_num_tokens),
         "available_tokens": int(allocator.available_size()),
         "evictable_tokens": int(cache.evictable_size()),
         "protected_tokens": int(cache.protected_size()),
         "running_requests": len(scheduler.running_batch.reqs),
+        "page_size": int(getattr(scheduler, "page_size", 1)),
+        **usage.read(),
     }
 
 
