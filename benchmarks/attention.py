@@ -47,13 +47,6 @@ PAGE = 16
 PREFILL_Q = 1024
 
 
-def _table(head: int, max_pos: int, theta: float, device: str) -> RopeTable:
-    inv = 1.0 / theta ** (torch.arange(0, head, 2, dtype=torch.float32) / head)
-    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv)
-    cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
-    return RopeTable(cache, head, head, True)
-
-
 def _time(fn: Callable[[], Any], smoke: bool) -> float:
     """Median milliseconds of ``fn``."""
     if smoke:
@@ -78,7 +71,8 @@ def run_case(
     n_slots = (pages + 1) * PAGE
     k_nope = torch.randn((n_slots, hk, d), dtype=dtype, device=device)
     v = torch.randn((n_slots, hk, d), dtype=dtype, device=device)
-    table = _table(d, context + 1, theta, device)
+    table = RopeTable.default(d, context + 1, theta)
+    table = table._replace(cos_sin_cache=table.cos_sin_cache.to(device))
     pos_in_row = torch.zeros(n_slots, dtype=torch.int64, device=device)
     pos_in_row[req_to_token.long().flatten()] = torch.arange(context, device=device).repeat(batch)
     k_rot = apply_rope(k_nope, pos_in_row, table).to(dtype)

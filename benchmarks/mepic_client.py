@@ -4,6 +4,7 @@ its KV numbers are the server's exact per-step window (``mepic_sglang.observe.Po
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import threading
@@ -107,7 +108,7 @@ def burst_pass(
 ) -> dict[str, Any]:  # fmt: skip
     """All requests at once, each holding its KV for ``new_tokens`` (ignore_eos): the pass's
     exact peak of pages in use."""
-    burst = [Request(r.rid, 0.0, r.docs, r.target, r.question, r.answer) for r in reqs]
+    burst = [dataclasses.replace(r, arrival=0.0) for r in reqs]
     sp = {"temperature": 0, "max_new_tokens": new_tokens, "ignore_eos": True}
     results: list[Result] = []
     pool(url)

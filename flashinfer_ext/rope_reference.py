@@ -28,6 +28,16 @@ class RopeTable(NamedTuple):
     is_neox_style: bool
 
     @classmethod
+    def default(
+        cls, head: int, max_pos: int, theta: float = 10000.0, neox: bool = True
+    ) -> RopeTable:
+        """Default RoPE's cos/sin cache, built as SGLang's ``RotaryEmbedding`` builds it (a test
+        checks equality), for benchmarks and tests that run without SGLang."""
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head, 2, dtype=torch.float) / head))
+        freqs = torch.einsum("i,j -> ij", torch.arange(max_pos, dtype=torch.float), inv_freq)
+        return cls(torch.cat((freqs.cos(), freqs.sin()), dim=-1), head, head, neox)
+
+    @classmethod
     def from_module(cls, rope: Any) -> RopeTable:
         """Read the table off an SGLang ``RotaryEmbedding`` (checked by the caller)."""
         return cls(rope.cos_sin_cache, rope.head_size, rope.rotary_dim, rope.is_neox_style)

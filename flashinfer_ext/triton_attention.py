@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import triton
@@ -265,14 +264,3 @@ def decode_attention(
         BLOCK_S=max(2, triton.next_power_of_2(n_splits)),
     )  # fmt: skip
     return out
-
-
-def describe(batch: RaggedBatch) -> dict[str, Any]:
-    """Small summary for logs and errors."""
-    return {
-        "batch": batch.batch_size,
-        "max_q_len": batch.max_q_len,
-        "max_seq_len": batch.max_seq_len,
-        "extra_keys": int(batch.extra_slots.shape[0]),
-        "grouped": batch.has_groups,
-    }

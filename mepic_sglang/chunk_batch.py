@@ -208,12 +208,11 @@ def _copy_warm_spans(req: Any, state: ReqState, tree_cache: Any, row: torch.Tens
         logger.warning("rid %s: no room for private chunk copies; reading shared pages", req.rid)
         return
     pool = tree_cache.token_to_kv_pool_allocator.get_kvcache()
-    src = torch.cat([row[u.shared_start : u.end] for u in plan.warm])
-    device_src, device_dst = src.to(dst.device), dst
+    src = torch.cat([row[u.shared_start : u.end] for u in plan.warm]).to(dst.device)
     # NOTE: one gather/scatter per layer buffer (the pool's own move_kv_cache needs a copy
     # kernel config CPU pools do not build).
     for buf in (*pool.k_buffer, *pool.v_buffer):
-        buf[device_dst] = buf[device_src]
+        buf[dst] = buf[src]
     off = 0
     for u in plan.warm:
         span = u.end - u.shared_start

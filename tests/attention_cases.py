@@ -78,12 +78,7 @@ class Case:
 
 
 def rope_table(head: int, neox: bool, max_pos: int, theta: float = 10000.0) -> RopeTable:
-    """Default RoPE's cos/sin cache, built as SGLang's ``RotaryEmbedding`` builds it (a test checks
-    equality); no SGLang import, so the GPU tests run on machines without SGLang."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head, 2, dtype=torch.float) / head))
-    freqs = torch.einsum("i,j -> ij", torch.arange(max_pos, dtype=torch.float), inv_freq)
-    cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
-    return RopeTable(cache, head, head, neox)
+    return RopeTable.default(head, max_pos, theta, neox)
 
 
 def _groups(
