@@ -30,6 +30,9 @@ from typing import Any
 
 from mepic_sglang import model_support
 from mepic_sglang.recompute import POLICIES
+from scheduler_patch.latency_model import LatencyModel
+from scheduler_patch.policy import UNATTAINABLE_ACTIONS
+from scheduler_patch.slo import MAX_SLO_MS, SloDefaults, SloError, parse_classes
 
 MEPIC_RADIX_CACHE_BACKEND = "mepic"
 # SGLang features whose row/batch handling MEPIC's non-contiguous extend does not support (yet).
@@ -42,6 +45,7 @@ _MEPIC_CONFLICTS = (
 )
 
 ATTR = "_mepic_plugin_args"
+MULTI_SLO = "multi-slo"  # added to SGLang's --schedule-policy choices
 DEFAULT_MEPIC_PAGE_SIZE = 16
 GROUP_TITLE = "mepic-sglang plugin"
 
@@ -93,6 +97,34 @@ class PluginArgs:
         "private copy of its reused chunks' pages instead of the one shared copy. Needs "
         "--enable-mepic.",
     )
+    slo_default_ttft_ms: float = flag(
+        0.0,
+        "TTFT SLO (ms) of requests that set none (0: no default). Requests set theirs with "
+        "custom_params.slo_ttft_ms or the x-slo-ttft-ms header.",
+    )
+    slo_default_tpot_ms: float = flag(
+        0.0,
+        "TPOT SLO (ms per output token) of requests that set none (0: no default). Requests set "
+        "theirs with custom_params.slo_tpot_ms or the x-slo-tpot-ms header.",
+    )
+    slo_classes: str = flag(
+        "",
+        "Named SLO classes, chosen per request with custom_params.slo_class or x-slo-class: "
+        "'name:ttft=MS,tpot=MS,priority=N;name2:...' (every key optional).",
+    )
+    slo_unattainable: str = flag(
+        "best-effort",
+        "With --schedule-policy multi-slo: what happens to a request whose SLO cannot be met "
+        "even if it ran alone now: 'best-effort' (served after all others) or 'reject' "
+        "(HTTP 429 at once).",
+        choices=UNATTAINABLE_ACTIONS,
+    )
+    slo_latency_profile: str = flag(
+        "",
+        "With --schedule-policy multi-slo: JSON latency profile of this model and machine "
+        "(python -m benchmarks.slo_profile writes one). Without it the latency model learns "
+        "from the first measured steps.",
+    )
     mepic_compat_check: str = flag(
         "strict",
         "What to do when the installed SGLang is not the version this plugin was built for, or a "
@@ -104,10 +136,27 @@ class PluginArgs:
     @property
     def any_feature_enabled(self) -> bool:
         """True when some flag changes SGLang's behaviour (not just observability)."""
-        return self.enable_mepic
+        return self.enable_mepic or self.slo_configured
+
+    @property
+    def slo_configured(self) -> bool:
+        """A server-wide SLO default or class is set."""
+        return bool(self.slo_default_ttft_ms or self.slo_default_tpot_ms or self.slo_classes)
+
+    def slo_defaults(self) -> SloDefaults:
+        """Server-wide SLO settings (raises :class:`SloError` naming the flag)."""
+        return SloDefaults(
+            ttft_ms=self.slo_default_ttft_ms or None,
+            tpot_ms=self.slo_default_tpot_ms or None,
+            classes=parse_classes(self.slo_classes),
+        )
 
     def apply_defaults(self, server_args: Any) -> None:
         """Fill SGLang flags that a plugin flag implies and the user left unset."""
+        if self.slo_configured or getattr(server_args, "schedule_policy", None) == MULTI_SLO:
+            # NOTE: measured TTFT/TPOT (meta_info["slo"], /metrics) come from SGLang's time
+            # stats, which only travel with --enable-metrics.
+            server_args.enable_metrics = True
         if not self.enable_mepic:
             return
         if getattr(server_args, "attention_backend", None) is None:
@@ -156,6 +205,7 @@ class PluginArgs:
             for name, cli, is_on in _MEPIC_CONFLICTS:
                 if is_on(getattr(server_args, name, None)):
                     out.append(f"argument {cli}: not supported with --enable-mepic yet")
+        out += self._slo_problems(server_args)
         if self.mepic_chunk_copies and not self.enable_mepic:
             out.append("argument --mepic-chunk-copies: needs --enable-mepic")
         if self.mepic_chunk_separator and not self.enable_mepic:
@@ -189,6 +239,38 @@ class PluginArgs:
                 + "; ".join(drift)
                 + " (pass --mepic-compat-check warn to try anyway)"
             )
+        return out
+
+    def _slo_problems(self, server_args: Any) -> list[str]:
+        out: list[str] = []
+        for name in ("slo_default_ttft_ms", "slo_default_tpot_ms"):
+            value = getattr(self, name)
+            if value < 0 or value > MAX_SLO_MS:
+                out.append(
+                    f"argument {cli_name(name)}: must be in [0, {MAX_SLO_MS:.0f}], got {value}"
+                )
+        try:
+            parse_classes(self.slo_classes)
+        except SloError as e:
+            out.append(f"argument {e}")
+        if self.slo_unattainable not in UNATTAINABLE_ACTIONS:
+            out.append(f"argument --slo-unattainable: invalid choice {self.slo_unattainable!r}")
+        if getattr(server_args, "schedule_policy", None) != MULTI_SLO:
+            if self.slo_latency_profile:
+                out.append("argument --slo-latency-profile: needs --schedule-policy multi-slo")
+            return out
+        if getattr(server_args, "enable_priority_scheduling", False):
+            out.append(
+                "argument --enable-priority-scheduling: cannot be combined with --schedule-policy "
+                "multi-slo (which orders and preempts by priority and SLO itself)"
+            )
+        if getattr(server_args, "disaggregation_mode", None) not in (None, "null"):
+            out.append("argument --schedule-policy multi-slo: not supported with P/D yet")
+        if self.slo_latency_profile:
+            try:
+                LatencyModel.load(self.slo_latency_profile)
+            except ValueError as e:
+                out.append(f"argument --slo-latency-profile: {e}")
         return out
 
 
@@ -267,6 +349,11 @@ def attach_plugin_args(
 def after_add_cli_args(result: None, parser: argparse.ArgumentParser) -> None:
     """AFTER ``ServerArgs.add_cli_args(parser)`` (a staticmethod)."""
     add_cli_args(parser)
+    for action in parser._actions:  # NOTE: argparse keeps choices as a plain list
+        if action.dest == "schedule_policy" and isinstance(action.choices, list):
+            if MULTI_SLO not in action.choices:
+                action.choices.append(MULTI_SLO)
+            action.help = (action.help or "") + f" '{MULTI_SLO}': mepic-sglang's SLO scheduling."
 
 
 def after_from_cli_args(result: Any, cls: type, args: argparse.Namespace) -> Any:

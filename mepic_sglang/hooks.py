@@ -13,13 +13,19 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | Scheduler.get_internal_state             | AFTER | ``/server_info`` shows the scheduler's view   |
 | Scheduler.get_next_batch_to_run          | AFTER | sample KV pool use (peak/mean in server_info) |
 | {Llama,Qwen2,Qwen3}Attention.__init__    | AFTER | NoPE keys: rotate q only, hand RoPE to attn   |
-| TokenizerManager.generate_request        | AROUND| chunk segments -> page-aligned token ids      |
+| TokenizerManager.generate_request        | AROUND| chunk segments -> page ids; SLO fields, meta  |
+| build_endpoint_weight_version_metadata   | AFTER | OpenAI responses: metadata.slo / .mepic       |
 | PrefillAdder._select_prefill_admission   | AROUND| budget scratch heads; never chunk MEPIC reqs  |
 | PrefillAdder._commit_prefill_admission   | AFTER | acquire the shared chunk entries a req reads  |
 | ScheduleBatch.prepare_for_extend         | AFTER | non-contiguous extend: row, ids, slots        |
 | ForwardBatch.init_new                    | AFTER | real positions + attention groups             |
 | mem_cache.common.release_kv_cache        | BEFORE| row back to [shared | private]; release refs  |
 | Scheduler.get_output_streamer_class      | AFTER | per-request mepic_* numbers sent once         |
+| Scheduler.init_schedule_policy           | AROUND| ``--schedule-policy multi-slo``: wrap policy  |
+| Scheduler._add_request_to_queue          | AROUND| SLO arrival decision: 429 / best-effort       |
+| Scheduler.get_new_batch_prefill          | AROUND| preempt running requests for an urgent one    |
+| Scheduler.get_prefill_adder_class        | AFTER | clamp a prefill step to the SLO budget        |
+| Scheduler.run_batch                      | AROUND| step times -> the SLO latency model           |
 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
@@ -33,7 +39,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from mepic_sglang import chunk_batch, flags, nope, observe, request_api
+from mepic_sglang import (
+    chunk_batch,
+    flags,
+    nope,
+    observe,
+    request_api,
+    slo_hooks,
+    slo_request,
+)
 
 
 class HookSpec(NamedTuple):
@@ -96,6 +110,12 @@ HOOKS: tuple[HookSpec, ...] = (
         ("self", "obj", "request"),
     ),
     HookSpec(
+        "sglang.srt.utils.weight_versions.build_endpoint_weight_version_metadata",
+        "AFTER",
+        slo_request.after_endpoint_metadata,
+        ("meta_info",),
+    ),
+    HookSpec(
         f"{_ADDER}._select_prefill_admission",
         "AROUND",
         chunk_batch.around_select_admission,
@@ -141,6 +161,36 @@ HOOKS: tuple[HookSpec, ...] = (
         "AFTER",
         chunk_batch.after_output_streamer_class,
         ("self",),
+    ),
+    HookSpec(
+        f"{_SCHEDULER}.init_schedule_policy",
+        "AROUND",
+        slo_hooks.around_init_schedule_policy,
+        ("self",),
+    ),
+    HookSpec(
+        f"{_SCHEDULER}._add_request_to_queue",
+        "AROUND",
+        slo_hooks.around_add_request_to_queue,
+        ("self", "req", "is_retracted"),
+    ),
+    HookSpec(
+        f"{_SCHEDULER}.get_new_batch_prefill",
+        "AROUND",
+        slo_hooks.around_get_new_batch_prefill,
+        ("self", "running_batch"),
+    ),
+    HookSpec(
+        f"{_SCHEDULER}.get_prefill_adder_class",
+        "AFTER",
+        slo_hooks.after_prefill_adder_class,
+        ("self",),
+    ),
+    HookSpec(
+        f"{_SCHEDULER}.run_batch",
+        "AROUND",
+        slo_hooks.around_run_batch,
+        ("self", "batch", "pp_proxy_tensors"),
     ),
     HookSpec(
         "sglang.srt.mem_cache.common.release_kv_cache",

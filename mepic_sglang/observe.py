@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mepic_sglang import __version__, compat, nope
+from mepic_sglang import __version__, compat, nope, slo_hooks
 from mepic_sglang.flags import get_plugin_args
 
 logger = logging.getLogger(__name__)
@@ -173,5 +173,7 @@ def after_get_internal_state(result: Any, scheduler: Any, *args: Any, **kwargs: 
         state["chunks"] = chunks
     if (attention := attention_state(scheduler)) is not None:
         state["attention"] = attention
+    if (slo := slo_hooks.runtime_of(scheduler)) is not None:
+        state["slo"] = slo.state()
     result.internal_state[INTERNAL_STATE_KEY] = state
     return result

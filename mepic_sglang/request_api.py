@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mepic_sglang import chat_parts
+from mepic_sglang import chat_parts, slo_request
 from mepic_sglang.flags import get_plugin_args
 from mepic_sglang.layout import KIND_CODE, Layout, build_layout
 from mepic_sglang.segments import Segment, SegmentError, parse_segments, split_by_separator
@@ -242,7 +242,9 @@ def around_generate_request(
     async def run() -> AsyncIterator[Any]:
         layout = None
         mepic_on = get_plugin_args(manager.server_args).enable_mepic
-        if mepic_on and type(obj).__name__ == "GenerateReqInput":
+        generate = type(obj).__name__ == "GenerateReqInput"
+        slo = slo_request.prepare(manager, obj, request) if generate else None
+        if mepic_on and generate:
             check_reserved(obj)
             found = await _requested_segments(manager, obj, request)
             if found is not None:
@@ -257,12 +259,22 @@ def around_generate_request(
                 }
                 obj.sampling_params = sampling
         seen: dict[str, int] = {}
-        async for out in original(manager, obj, request):
-            if mepic_on and isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
-                if layout is not None:
-                    out["meta_info"][META_KEY] = meta(layout, out["meta_info"], seen)
-                else:
-                    strip_scheduler_keys(out["meta_info"])
-            yield out
+        try:
+            async for out in original(manager, obj, request):
+                meta_info = out.get("meta_info") if isinstance(out, dict) else None
+                if isinstance(meta_info, dict):
+                    if mepic_on:
+                        if layout is not None:
+                            meta_info[META_KEY] = meta(layout, meta_info, seen)
+                        else:
+                            strip_scheduler_keys(meta_info)
+                    if slo is not None and meta_info.get("finish_reason") is not None:
+                        slo_request.finish(manager, slo, meta_info)
+                yield out
+        except Exception as e:
+            # NOTE: SGLang raises (HTTP 429) for a non-streaming request the scheduler refused.
+            if slo is not None and getattr(e, "status_code", None) == slo_request.REJECT_STATUS:
+                slo_request.finish(manager, slo, {"finish_reason": {"status_code": 429}})
+            raise
 
     return run()

@@ -203,3 +203,26 @@ def test_conflicting_flags_fail_startup_before_loading_the_model(smollm2_path: P
     assert out.returncode != 0
     assert "mepic-sglang: error: argument --enable-mepic" in out.stderr
     assert "Load weight" not in out.stderr + out.stdout
+
+
+def test_slo_flags(prepare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    args = prepare("--schedule-policy", "multi-slo", "--slo-classes", "gold:ttft=200,priority=3")
+    assert args.schedule_policy == "multi-slo" and args.enable_metrics  # time stats for SLOs
+    classes = get_plugin_args(args).slo_defaults().classes
+    assert classes is not None and classes["gold"].ttft_ms == 200
+    assert not prepare().enable_metrics  # stock unless asked
+    bad = [
+        (("--schedule-policy", "multi-slo", "--enable-priority-scheduling"),
+         "argument --enable-priority-scheduling: cannot be combined"),
+        (("--slo-classes", "gold"), "argument --slo-classes: expected"),
+        (("--slo-default-ttft-ms", "-1"), "argument --slo-default-ttft-ms: must be in"),
+        (("--slo-latency-profile", "p.json"), "needs --schedule-policy multi-slo"),
+        (("--schedule-policy", "multi-slo", "--slo-latency-profile", str(tmp_path / "none.json")),
+         "argument --slo-latency-profile: cannot read"),
+    ]  # fmt: skip
+    for argv, message in bad:
+        with pytest.raises(SystemExit) as err:
+            prepare(*argv)
+        assert message in str(err.value), (argv, str(err.value))
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        prepare("--slo-unattainable", "drop")

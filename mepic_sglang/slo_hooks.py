@@ -1,0 +1,137 @@
+"""Scheduler-side hooks of ``--schedule-policy multi-slo`` (rows in :mod:`mepic_sglang.hooks`).
+
+They find the process's :class:`~scheduler_patch.sglang_adapter.SloScheduler` on the scheduler
+and hand it SGLang's objects; a scheduler without ``multi-slo`` runs SGLang's code untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mepic_sglang.flags import MULTI_SLO, get_plugin_args
+from scheduler_patch.latency_model import LatencyModel
+from scheduler_patch.policy import make_policy
+from scheduler_patch.sglang_adapter import ATTR, SloScheduler, reject
+
+logger = logging.getLogger(__name__)
+
+
+def runtime_of(scheduler: Any) -> SloScheduler | None:
+    runtime = scheduler.__dict__.get(ATTR)
+    return runtime if isinstance(runtime, SloScheduler) else None
+
+
+class PolicyAdapter:
+    """SGLang's ``SchedulePolicy`` (built as ``fcfs``) whose ``calc_priority`` keeps the order
+    the SLO policy chose for this step; everything else is the base policy's."""
+
+    def __init__(self, base: Any, runtime: SloScheduler, scheduler: Any) -> None:
+        self.base = base
+        self.runtime = runtime
+        self.scheduler = scheduler
+
+    def calc_priority(
+        self, waiting_queue: list[Any], running_batch: Any = None, processed_tokens: int = 0
+    ) -> Any:
+        # NOTE: the base call matches prefixes (cached tokens feed the prefill-time estimate).
+        out = self.base.calc_priority(waiting_queue, running_batch, processed_tokens)
+        self.runtime.sort(waiting_queue)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
+def around_init_schedule_policy(original: Callable[..., Any], scheduler: Any) -> Any:
+    """AROUND ``Scheduler.init_schedule_policy``: with ``multi-slo``, build SGLang's policy as
+    ``fcfs`` (SGLang does not know the name) and wrap it."""
+    if scheduler.schedule_policy != MULTI_SLO:
+        return original(scheduler)
+    scheduler.schedule_policy = "fcfs"
+    try:
+        out = original(scheduler)
+    finally:
+        scheduler.schedule_policy = MULTI_SLO
+    args = get_plugin_args(scheduler.server_args)
+    if args.slo_latency_profile:
+        model = LatencyModel.load(args.slo_latency_profile)
+    else:
+        model = LatencyModel()
+    runtime = SloScheduler(
+        make_policy(MULTI_SLO, model, args.slo_unattainable),  # type: ignore[arg-type]
+        args.slo_defaults(),
+    )
+    scheduler.__dict__[ATTR] = runtime
+    scheduler.policy = PolicyAdapter(scheduler.policy, runtime, scheduler)
+    logger.info(
+        "mepic-sglang: multi-slo scheduling (unattainable: %s; latency profile: %s)",
+        args.slo_unattainable,
+        args.slo_latency_profile or "none, learning online",
+    )
+    return out
+
+
+def around_add_request_to_queue(
+    original: Callable[..., Any], scheduler: Any, req: Any, is_retracted: bool = False
+) -> Any:
+    """AROUND ``Scheduler._add_request_to_queue``: a new request meets the arrival decision."""
+    runtime = runtime_of(scheduler)
+    if runtime is None or is_retracted or req.to_finish is not None:
+        return original(scheduler, req, is_retracted)
+    verdict = runtime.on_enqueue(scheduler, req)
+    if verdict.action == "reject":
+        reject(scheduler, req, f"SLO unattainable: {verdict.reason}")
+        return None
+    return original(scheduler, req, is_retracted)
+
+
+def around_get_new_batch_prefill(
+    original: Callable[..., Any], scheduler: Any, running_batch: Any
+) -> Any:
+    """AROUND ``Scheduler.get_new_batch_prefill``: the step's SLO decisions, then SGLang's
+    admission (or no prefill at all this step, as SGLang's own ``--prefill-decode-interval``
+    defers one).
+
+    NOTE: SGLang returns early, before any policy call, when the slots are full; so preemption
+    is decided here, ahead of its admission code."""
+    runtime = runtime_of(scheduler)
+    if runtime is not None and runtime.before_prefill(scheduler, running_batch):
+        from sglang.srt.managers.schedule_batch import NextBatchPlan
+
+        return NextBatchPlan(batch_to_run=None, running_batch=running_batch)
+    return original(scheduler, running_batch)
+
+
+def after_prefill_adder_class(result: type, scheduler: Any) -> type:
+    """AFTER ``Scheduler.get_prefill_adder_class``: the adder that keeps the step's budget."""
+    runtime = runtime_of(scheduler)
+    return result if runtime is None else runtime.adder_class(result)
+
+
+def around_run_batch(
+    original: Callable[..., Any], scheduler: Any, batch: Any, *args: Any, **kwargs: Any
+) -> Any:
+    """AROUND ``Scheduler.run_batch``: time the step for the latency model.
+
+    NOTE: on CPU the forward runs inside ``run_batch`` in both event loops, so its wall time is
+    the step time. On CUDA with the overlap loop ``run_batch`` only launches work; the step time
+    is then the launch-to-launch cadence of back-to-back steps (what SGLang's own step counters
+    use). Not yet measured on a GPU.
+    """
+    runtime = runtime_of(scheduler)
+    if runtime is None:
+        return original(scheduler, batch, *args, **kwargs)
+    start = time.perf_counter()
+    result = original(scheduler, batch, *args, **kwargs)
+    seconds = time.perf_counter() - start
+    if str(getattr(scheduler, "device", "cpu")).startswith("cuda"):
+        last = scheduler.__dict__.get("_mepic_slo_last_launch")
+        scheduler.__dict__["_mepic_slo_last_launch"] = (start, batch)
+        if last is None or getattr(batch, "after_idle_gap", False):
+            return result
+        seconds, batch = start - last[0], last[1]
+    runtime.observe_step(batch, seconds, getattr(scheduler, "chunked_req", None))
+    return result

@@ -1,0 +1,343 @@
+"""Scheduling policies over plain views of the engine (ABC + registry): fcfs, priority, multi-slo.
+
+The same policy objects drive the real SGLang scheduler (through
+:mod:`scheduler_patch.sglang_adapter`) and the simulator (:mod:`scheduler_patch.simulator`); they
+see only :class:`ReqView` / :class:`EngineView` and the :class:`LatencyModel`, never SGLang
+objects, and never read a clock (``now`` is passed in). Decisions per scheduling step:
+
+| call             | when                             | answers                                |
+|------------------|----------------------------------|----------------------------------------|
+| on_arrival       | a request enters the queue       | admit / best-effort / reject (+ why)   |
+| order            | before each prefill admission    | the waiting queue, most urgent first   |
+| prefill_budget   | before each prefill admission    | max new prefill tokens (or None)       |
+| victims          | the head request cannot fit      | running requests to preempt for it     |
+
+Priorities follow SGLang's default: a higher ``priority`` value is more important.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal, NamedTuple
+
+from scheduler_patch.latency_model import LatencyModel, attn_work
+from scheduler_patch.slo import Slo
+
+Action = Literal["admit", "best-effort", "reject"]
+UNATTAINABLE_ACTIONS = ("best-effort", "reject")
+
+
+@dataclass(frozen=True)
+class ReqView:
+    """A request as a policy sees it (times in seconds on the engine's clock)."""
+
+    rid: str
+    arrival: float
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens already in the cache (waiting: matched prefix)
+    output_tokens: int  # generated so far (a retracted request re-prefills them)
+    max_new_tokens: int
+    slo: Slo
+    first_token_at: float | None = None
+    best_effort: bool = False  # demoted at arrival: its SLO cannot be met
+
+    @property
+    def priority(self) -> int:
+        return self.slo.priority
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens a (re-)admission computes."""
+        return max(self.prompt_tokens + self.output_tokens - self.cached_tokens, 1)
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV tokens the request holds while running."""
+        return self.prompt_tokens + self.output_tokens
+
+    def deadline(self) -> float | None:
+        """When the next token is due: the first token by ``arrival + TTFT``; for a request
+        that already has tokens (retracted), the next one keeps its average TPOT on target."""
+        if self.first_token_at is None:
+            return None if self.slo.ttft_s is None else self.arrival + self.slo.ttft_s
+        if self.slo.tpot_s is None:
+            return None
+        return self.first_token_at + self.slo.tpot_s * self.output_tokens
+
+
+@dataclass(frozen=True)
+class EngineView:
+    """The engine at one scheduling step."""
+
+    now: float
+    waiting: Sequence[ReqView]
+    running: Sequence[ReqView]
+    free_kv_tokens: int
+    max_prefill_tokens: int  # most tokens one prefill step may compute
+
+
+class Verdict(NamedTuple):
+    action: Action
+    reason: str = ""
+
+
+ADMIT = Verdict("admit")
+
+
+class SchedulingPolicy(ABC):
+    """Orders, admits and preempts requests. Subclasses register in :data:`POLICIES`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, model: LatencyModel, unattainable: Action = "best-effort") -> None:
+        if unattainable not in UNATTAINABLE_ACTIONS:
+            raise ValueError(f"unattainable action must be one of {UNATTAINABLE_ACTIONS}")
+        self.model = model
+        self.unattainable = unattainable
+
+    def on_arrival(self, req: ReqView, engine: EngineView) -> Verdict:
+        """Whether a new request is admitted to the queue (default: always)."""
+        return ADMIT
+
+    @abstractmethod
+    def order(self, engine: EngineView) -> list[str]:
+        """The rids of ``engine.waiting``, in the order they should be admitted."""
+
+    def prefill_budget(self, engine: EngineView) -> int | None:
+        """Most new tokens the next prefill step may compute (None: no limit of its own)."""
+        return None
+
+    def victims(
+        self, urgent: ReqView, need_tokens: int, engine: EngineView, need_slots: int = 0
+    ) -> list[str]:
+        """Running requests to preempt so that ``urgent`` gets ``need_tokens`` more KV tokens
+        and ``need_slots`` request slots (empty: do not preempt)."""
+        return []
+
+
+class FcfsPolicy(SchedulingPolicy):
+    """First come, first served (SGLang's ``fcfs``)."""
+
+    name = "fcfs"
+
+    def order(self, engine: EngineView) -> list[str]:
+        return [r.rid for r in sorted(engine.waiting, key=lambda r: r.arrival)]
+
+
+class PriorityPolicy(SchedulingPolicy):
+    """SGLang's ``--enable-priority-scheduling`` on fcfs: priority, then arrival; a request
+    preempts running ones more than ``threshold`` priority levels below it."""
+
+    name = "priority"
+    threshold = 10  # SGLang's --priority-scheduling-preemption-threshold default
+
+    def order(self, engine: EngineView) -> list[str]:
+        return [r.rid for r in sorted(engine.waiting, key=lambda r: (-r.priority, r.arrival))]
+
+    def victims(
+        self, urgent: ReqView, need_tokens: int, engine: EngineView, need_slots: int = 0
+    ) -> list[str]:
+        lower = [r for r in engine.running if urgent.priority - r.priority > self.threshold]
+        order = sorted(lower, key=lambda r: (r.priority, -r.arrival))
+        return _cover(need_tokens, need_slots, order)
+
+
+class MultiSloPolicy(SchedulingPolicy):
+    """HyperFlexis-style multi-SLO scheduling.
+
+    - **Arrival**: a request whose TTFT cannot be met even if it ran alone right now, or whose
+      TPOT exceeds a lone decode step, is unattainable: served best-effort (last) or rejected.
+    - **Order**: requests with a deadline go in earliest-deadline order, except that when the
+      predicted prefill times make one late, the least important (then longest) request of the
+      prefix is moved behind (Moore-Hodgson, weighted by priority: the most requests on time).
+      Then requests without a TTFT target (priority, then arrival), then the ones that will be
+      late, then the best-effort ones.
+    - **Budget**: a prefill step stalls every running decode; its size is capped so that no
+      running request at least as important as the head of the queue falls behind its TPOT
+      (``margin`` of the slack), and so that it ends before the earliest TTFT deadline (while
+      still fitting that request). 0 turns the step into a decode step.
+    - **Victims**: running requests less important than an urgent request that cannot fit and
+      would miss its deadline by waiting: least important, then fewest tokens generated (least
+      work lost) first, until its KV and slot need is covered.
+    """
+
+    name = "multi-slo"
+    margin = 0.9  # share of a decode's TPOT slack a prefill step may use (model error)
+
+    # ------------------------------------------------------------------ arrival
+    def on_arrival(self, req: ReqView, engine: EngineView) -> Verdict:
+        slo = req.slo
+        if slo.ttft_s is not None and req.first_token_at is None:
+            alone = self._prefill_time(req)
+            waited = max(engine.now - req.arrival, 0.0)
+            if waited + alone > slo.ttft_s:
+                return self._unattainable(
+                    f"TTFT SLO {slo.ttft_s * 1e3:.0f} ms cannot be met: waited "
+                    f"{waited * 1e3:.0f} ms before the scheduler saw it, and prefilling "
+                    f"{req.prefill_tokens} tokens alone takes ~{alone * 1e3:.0f} ms"
+                )
+        if slo.tpot_s is not None:
+            step = self.model.decode(1, req.kv_tokens)
+            if step > slo.tpot_s:
+                return self._unattainable(
+                    f"TPOT SLO {slo.tpot_s * 1e3:.0f} ms cannot be met: one decode step "
+                    f"alone takes ~{step * 1e3:.0f} ms"
+                )
+        return ADMIT
+
+    def _unattainable(self, reason: str) -> Verdict:
+        return Verdict(self.unattainable, reason)
+
+    # ------------------------------------------------------------------ order
+    def _prefill_time(self, req: ReqView) -> float:
+        return self.model.prefill(
+            req.prefill_tokens, attn_work(req.prefill_tokens, req.cached_tokens)
+        )
+
+    def order(self, engine: EngineView) -> list[str]:
+        # NOTE: this runs every scheduling step over the whole queue (issue 7: < 1 ms at 1,000
+        # waiting); tuples sort without key functions, and costs use the model's coefficients
+        # inline (same formula as LatencyModel.prefill). tests/test_slo_policy.py keeps the plain
+        # O(n^2) version of this order as the reference.
+        c0, c1, c2 = self.model.prefill_coef or (0.0, 0.0, 0.0)
+        timed: list[tuple[float, int, float, float, str]] = []  # due, -prio, arrival, cost, rid
+        untimed: list[tuple[int, float, str]] = []
+        demoted: list[tuple[float, str]] = []
+        for r in engine.waiting:
+            if r.best_effort:
+                demoted.append((r.arrival, r.rid))
+                continue
+            due = r.deadline()
+            prio = r.slo.priority
+            if due is None:
+                untimed.append((-prio, r.arrival, r.rid))
+                continue
+            new = max(r.prompt_tokens + r.output_tokens - r.cached_tokens, 1)
+            cost = c0 + c1 * new / 1e3 + c2 * new * (r.cached_tokens + new / 2) / 1e6
+            timed.append((due, -prio, r.arrival, cost, r.rid))
+        timed.sort()
+        # NOTE: dropping the least important (then longest) job of the EDF prefix whenever one
+        # would be late keeps the most (priority-weighted) requests on time (Moore-Hodgson).
+        # A heap finds that job in O(log n): the whole order is O(n log n).
+        heap: list[tuple[int, float, int]] = []  # (priority, -cost, EDF index)
+        dropped: set[int] = set()
+        t = engine.now
+        for i, (due, neg_prio, _, cost, _) in enumerate(timed):
+            heapq.heappush(heap, (-neg_prio, -cost, i))
+            t += cost
+            while t > due and heap:
+                _, neg_cost, j = heapq.heappop(heap)
+                dropped.add(j)
+                t += neg_cost
+        late = sorted((timed[i][1], timed[i][0], timed[i][4]) for i in dropped)
+        untimed.sort()
+        demoted.sort()
+        return (
+            [d[4] for i, d in enumerate(timed) if i not in dropped]
+            + [u[2] for u in untimed]
+            + [d[2] for d in late]
+            + [d[1] for d in demoted]
+        )
+
+    # ------------------------------------------------------------------ budget
+    def prefill_budget(self, engine: EngineView) -> int | None:
+        if not (self.model.calibrated("prefill") and self.model.calibrated("decode")):
+            return None
+        model = self.model
+        head_priority = max((r.priority for r in engine.waiting), default=-math.inf)
+        step = model.decode(len(engine.running), sum(r.kv_tokens for r in engine.running))
+        slack = math.inf
+        for r in engine.running:
+            tpot = r.slo.tpot_s
+            if r.best_effort or tpot is None or r.first_token_at is None:
+                continue
+            if r.priority < head_priority:
+                continue  # a more important request is waiting: this decode may slip
+            # NOTE: TPOT is an average over the whole output, so the stall a request can still
+            # absorb is its deadline for the last token minus the decode steps it still needs.
+            left = max(r.max_new_tokens - r.output_tokens, 0)
+            last_due = r.first_token_at + tpot * (r.output_tokens + left - 1)
+            r_slack = last_due - engine.now - left * step
+            if r_slack < 0:
+                continue  # will miss even without prefills: it must not block the queue
+            slack = min(slack, r_slack)
+        # NOTE: the step should also end before the earliest TTFT deadline in the queue, but it
+        # always fits the request with that deadline itself.
+        first_due, first_tokens = math.inf, 0
+        for r in engine.waiting:
+            r_due = r.deadline()
+            if r_due is not None and not r.best_effort and r_due < first_due:
+                first_due, first_tokens = r_due, r.prefill_tokens
+        if slack == math.inf and first_due == math.inf:
+            return None
+        cap = engine.max_prefill_tokens
+        limit = min(self.margin * slack, first_due - engine.now)
+        fits = _largest(lambda n: model.prefill(n, attn_work(n, 0)) <= limit, cap)
+        if first_due - engine.now < self.margin * slack:
+            fits = max(fits, min(first_tokens, cap))
+        # NOTE: 0 means "decode this step": each decode step wins back (TPOT - step) of slack.
+        return fits
+
+    # ------------------------------------------------------------------ preemption
+    def victims(
+        self, urgent: ReqView, need_tokens: int, engine: EngineView, need_slots: int = 0
+    ) -> list[str]:
+        due = urgent.deadline()
+        if urgent.best_effort or due is None:
+            return []
+        ready = engine.now + self._prefill_time(urgent)
+        if ready > due:
+            return []  # would be late anyway: do not throw away others' work for it
+        if engine.running and need_slots and not need_tokens:
+            # NOTE: preempt only if waiting for the first running request to finish on its own
+            # would make the urgent one miss (re-prefilling a victim costs the whole server).
+            step = self.model.decode(len(engine.running), sum(r.kv_tokens for r in engine.running))
+            left = min(max(r.max_new_tokens - r.output_tokens, 0) for r in engine.running)
+            if ready + left * step <= due:
+                return []
+        lower = [r for r in engine.running if r.priority < urgent.priority]
+        order = sorted(lower, key=lambda r: (r.priority, r.output_tokens))
+        return _cover(need_tokens, need_slots, order)
+
+
+def _cover(need_tokens: int, need_slots: int, candidates: Sequence[ReqView]) -> list[str]:
+    """The shortest prefix of ``candidates`` that frees ``need_tokens`` KV tokens and
+    ``need_slots`` slots (else none: preempting without making room only wastes work)."""
+    out: list[str] = []
+    freed = 0
+    for r in candidates:
+        if freed >= need_tokens and len(out) >= need_slots:
+            break
+        out.append(r.rid)
+        freed += r.prompt_tokens + max(r.max_new_tokens, r.output_tokens)  # KV + reservation
+    return out if freed >= need_tokens and len(out) >= need_slots else []
+
+
+def _largest(ok: Callable[[int], bool], hi: int) -> int:
+    """Largest n in [0, hi] with ok(n), for a monotone (true then false) predicate."""
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+POLICIES: dict[str, type[SchedulingPolicy]] = {
+    p.name: p for p in (FcfsPolicy, PriorityPolicy, MultiSloPolicy)
+}
+
+
+def make_policy(
+    name: str, model: LatencyModel, unattainable: Action = "best-effort"
+) -> SchedulingPolicy:
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown scheduling policy {name!r}; choose from {sorted(POLICIES)}")
+    return cls(model, unattainable)

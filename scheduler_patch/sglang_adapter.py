@@ -1,0 +1,311 @@
+"""SGLang's scheduler, seen and steered through a :class:`~scheduler_patch.policy.SchedulingPolicy`.
+
+One :class:`SloScheduler` lives in each scheduler process (``scheduler._mepic_slo``). The hook
+functions in ``mepic_sglang/slo_hooks.py`` call it; it converts SGLang ``Req`` objects into
+:class:`ReqView` s, asks the pure policy, and applies the answer with SGLang's own mechanics:
+
+| SGLang step (0.5.23)                   | here            | effect                          |
+|----------------------------------------|-----------------|---------------------------------|
+| _add_request_to_queue (new request)    | on_enqueue      | 429 reject / best-effort mark   |
+| get_new_batch_prefill(running_batch)   | before_prefill  | order, preempt, budget (or skip)|
+| policy.calc_priority(waiting_queue)    | sort            | keep the step's order           |
+| get_prefill_adder_class()(...)         | adder_class     | clamp the step's prefill tokens |
+| run_batch(batch)                       | observe_step    | step time -> latency model      |
+
+Clock: wall seconds (``time.time()``), the clock the tokenizer stamps arrivals with
+(``custom_params.slo_arrival``), so TTFT deadlines count from the HTTP request, not from the
+scheduler's receipt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler_patch.latency_model import StepSample, attn_work
+from scheduler_patch.policy import EngineView, ReqView, SchedulingPolicy, Verdict
+from scheduler_patch.slo import ARRIVAL_KEY, Slo, SloDefaults, SloError
+
+logger = logging.getLogger(__name__)
+ATTR = "_mepic_slo"  # SloScheduler on the Scheduler; ReqSlo on each Req
+CLIP_MAX_NEW_TOKENS = 4096  # SGLang's reservation cap per request (schedule_policy.py)
+REJECT_STATUS = 429  # Too Many Requests: the server cannot meet the SLO now; retry later/elsewhere
+
+
+@dataclass
+class ReqSlo:
+    """What the plugin keeps on an SGLang ``Req``."""
+
+    slo: Slo
+    arrival: float
+    best_effort: bool = False
+    first_token_at: float | None = None
+    view: ReqView | None = None
+    view_key: tuple[Any, ...] = ()
+
+
+@dataclass
+class Counters:
+    arrivals: int = 0
+    rejected: int = 0
+    best_effort: int = 0
+    reorders: int = 0
+    deferred: int = 0  # steps that ran decodes instead of a prefill (TPOT protection)
+    preempted: int = 0
+    budget_clamps: int = 0
+    steps: dict[str, int] = field(default_factory=lambda: {"prefill": 0, "decode": 0})
+
+
+class SloScheduler:
+    """The multi-SLO runtime of one SGLang scheduler process."""
+
+    def __init__(self, policy: SchedulingPolicy, defaults: SloDefaults) -> None:
+        self.policy = policy
+        self.defaults = defaults
+        self.counters = Counters()
+        self.pending_budget: int | None = None
+        self._rank: dict[str, int] = {}
+        self._adder_classes: dict[type, type] = {}
+
+    # ------------------------------------------------------------------ views
+    def req_slo(self, req: Any, now: float) -> ReqSlo:
+        """The request's :class:`ReqSlo`, created from its ``custom_params`` on first sight."""
+        state = req.__dict__.get(ATTR)
+        if state is None:
+            custom = getattr(req.sampling_params, "custom_params", None) or {}
+            try:
+                slo = self.defaults.resolve(custom, req.priority)
+            except SloError as e:  # NOTE: the tokenizer validated it; Engine-internal paths may not
+                logger.warning("mepic-sglang: request %s: %s; no SLO applied", req.rid, e)
+                slo = self.defaults.resolve({}, req.priority)
+            arrival = custom.get(ARRIVAL_KEY)
+            state = ReqSlo(slo, float(arrival) if isinstance(arrival, int | float) else now)
+            req.__dict__[ATTR] = state
+        return state
+
+    def req_view(self, req: Any, now: float) -> ReqView:
+        state = self.req_slo(req, now)
+        cached = int(getattr(req, "prefix_len", 0) or 0)
+        key = (cached, len(req.output_ids), state.best_effort, state.first_token_at)
+        if state.view is not None and state.view_key == key:
+            return state.view  # NOTE: views are rebuilt only when the request changed
+        state.view_key = key
+        state.view = ReqView(
+            rid=req.rid,
+            arrival=state.arrival,
+            prompt_tokens=len(req.origin_input_ids),
+            cached_tokens=cached,
+            output_tokens=key[1],
+            max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
+            slo=state.slo,
+            first_token_at=state.first_token_at,
+            best_effort=state.best_effort,
+        )
+        return state.view
+
+    def engine_view(
+        self, scheduler: Any, now: float, waiting: list[Any] | None = None
+    ) -> EngineView:
+        free = int(scheduler.token_to_kv_pool_allocator.available_size()) + int(
+            scheduler.tree_cache.evictable_size()
+        )
+        step_cap = scheduler.chunked_prefill_size or scheduler.max_prefill_tokens
+        return EngineView(
+            now=now,
+            waiting=[
+                self.req_view(r, now)
+                for r in (scheduler.waiting_queue if waiting is None else waiting)
+            ],
+            running=[self.req_view(r, now) for r in scheduler.running_batch.reqs],
+            free_kv_tokens=free,
+            max_prefill_tokens=int(min(step_cap, scheduler.max_prefill_tokens)),
+        )
+
+    # ------------------------------------------------------------------ decisions
+    def on_enqueue(self, scheduler: Any, req: Any) -> Verdict:
+        """A new request reaches the queue: admit, mark best-effort, or say why it is refused."""
+        now = time.time()
+        state = self.req_slo(req, now)
+        self.counters.arrivals += 1
+        verdict = self.policy.on_arrival(
+            self.req_view(req, now), self.engine_view(scheduler, now, [])
+        )
+        if verdict.action != "admit":
+            logger.info("mepic-sglang: request %s %s: %s", req.rid, verdict.action, verdict.reason)
+        if verdict.action == "best-effort":
+            state.best_effort = True
+            self.counters.best_effort += 1
+        elif verdict.action == "reject":
+            self.counters.rejected += 1
+        return verdict
+
+    def before_prefill(self, scheduler: Any, running_batch: Any) -> bool:
+        """Decide the step before SGLang's admission code runs: order the queue, preempt for the
+        most urgent request if it cannot get a slot or its KV, and set the step's prefill
+        budget. True: run no prefill this step (the budget is 0 while requests decode)."""
+        waiting = scheduler.waiting_queue
+        self.pending_budget = None
+        self._rank = {}
+        if not waiting:
+            return False
+        now = time.time()
+        engine = self.engine_view(scheduler, now, waiting)
+        order = self.policy.order(engine)
+        self._rank = {rid: i for i, rid in enumerate(order)}
+        self.sort(waiting)
+        self.counters.reorders += 1
+        if scheduler.chunked_req is None and running_batch.reqs:
+            head = next(v for v in engine.waiting if v.rid == order[0])
+            if self._make_room(scheduler, running_batch, engine, head):
+                engine = self.engine_view(scheduler, now, waiting)
+        self.pending_budget = budget = self.policy.prefill_budget(engine)
+        skip = budget == 0 and bool(running_batch.reqs)
+        self.counters.deferred += skip
+        return skip
+
+    def sort(self, waiting_queue: list[Any]) -> None:
+        """Sort ``waiting_queue`` in place in this step's policy order (new arrivals last)."""
+        rank = self._rank
+        waiting_queue.sort(key=lambda r: rank.get(r.rid, len(rank)))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("mepic-sglang: queue order %s", [r.rid for r in waiting_queue])
+
+    def _make_room(
+        self, scheduler: Any, running_batch: Any, engine: EngineView, head: ReqView
+    ) -> bool:
+        """Preempt (retract) the running requests the policy names when ``head`` cannot get a
+        slot or its KV. True when some were preempted."""
+        slots_short = scheduler.req_to_token_pool.available_size() <= 0
+        ratio = float(scheduler.new_token_ratio_tracker.current)
+        reserved = sum(_reserve(r, ratio) for r in running_batch.reqs)
+        need = head.prefill_tokens + min(head.max_new_tokens, CLIP_MAX_NEW_TOKENS)
+        deficit = math.ceil(need - (engine.free_kv_tokens - reserved))
+        if not slots_short and deficit <= 0:
+            return False
+        rids = set(self.policy.victims(head, max(deficit, 0), engine, int(slots_short)))
+        victims = retract(scheduler, running_batch, rids)
+        if victims:
+            self.counters.preempted += len(victims)
+            logger.info(
+                "mepic-sglang: preempted %s for %s (%s)",
+                [r.rid for r in victims],
+                head.rid,
+                "slots" if slots_short else f"{deficit} KV tokens short",
+            )
+        return bool(victims)
+
+    def take_budget(self) -> int | None:
+        budget, self.pending_budget = self.pending_budget, None
+        if budget is not None:
+            self.counters.budget_clamps += 1
+        return budget
+
+    def adder_class(self, base: type) -> type:
+        """A subclass of SGLang's ``PrefillAdder`` that clamps the step to the policy's budget."""
+        cls = self._adder_classes.get(base)
+        if cls is None:
+            runtime = self
+
+            class SloPrefillAdder(base):
+                def __init__(self, *args: Any, **kwargs: Any) -> None:
+                    super().__init__(*args, **kwargs)
+                    budget = runtime.take_budget()
+                    if budget is not None:
+                        clamp(self, budget)
+
+            cls = self._adder_classes[base] = SloPrefillAdder
+        return cls
+
+    # ------------------------------------------------------------------ measurement
+    def observe_step(self, batch: Any, seconds: float, chunked_req: Any = None) -> None:
+        """A step ran for ``seconds`` (synchronous forward): teach the model, stamp first tokens."""
+        mode = batch.forward_mode
+        now = time.time()
+        if mode.is_extend():
+            extend = list(batch.extend_lens or [])
+            prefix = list(batch.prefix_lens or [])
+            sample = StepSample(
+                "prefill",
+                sum(extend),
+                sum(attn_work(n, c) for n, c in zip(extend, prefix, strict=False)),
+                len(batch.reqs),
+                0,
+                seconds,
+            )
+            for req in batch.reqs:
+                if req is not chunked_req:
+                    state = self.req_slo(req, now)
+                    if state.first_token_at is None:
+                        state.first_token_at = now
+        elif mode.is_decode():
+            sample = StepSample(
+                "decode", len(batch.reqs), 0.0, len(batch.reqs), int(batch.seq_lens_sum), seconds
+            )
+        else:
+            return
+        self.counters.steps[sample.kind] += 1
+        self.policy.model.observe(sample)
+
+    def state(self) -> dict[str, Any]:
+        """For ``/server_info``: policy, counters and the latency model (with its error)."""
+        c = self.counters
+        return {
+            "policy": self.policy.name,
+            "unattainable": self.policy.unattainable,
+            "arrivals": c.arrivals,
+            "rejected": c.rejected,
+            "best_effort": c.best_effort,
+            "preempted": c.preempted,
+            "reorders": c.reorders,
+            "deferred_prefills": c.deferred,
+            "budget_clamps": c.budget_clamps,
+            "steps": dict(c.steps),
+            "latency_model": self.policy.model.state(),
+        }
+
+
+def _reserve(req: Any, ratio: float) -> float:
+    """KV tokens SGLang's admission keeps free for a running request's remaining output."""
+    left = int(req.sampling_params.max_new_tokens or 0) - len(req.output_ids)
+    return max(min(left, CLIP_MAX_NEW_TOKENS), 0) * ratio
+
+
+def retract(scheduler: Any, batch: Any, rids: set[str]) -> list[Any]:
+    """Retract running requests ``rids`` the way SGLang's ``retract_decode`` does: free their KV
+    (prompt pages stay in the radix cache), drop them from the batch, queue them again; they
+    are prefilled again (prompt + generated tokens) when re-admitted."""
+    pick = [
+        i
+        for i, r in enumerate(batch.reqs)
+        if r.rid in rids and r.beam_group is None and not r.finished()
+    ]
+    if not pick:
+        return []
+    keep = [i for i in range(len(batch.reqs)) if i not in set(pick)]
+    victims = [batch.reqs[i] for i in pick]
+    for i in pick:
+        batch.release_req(i, len(keep))
+    batch.filter_batch(keep_indices=keep)
+    batch.batch_is_full = False
+    for req in victims:
+        scheduler._add_request_to_queue(req, is_retracted=True)
+    return victims
+
+
+def clamp(adder: Any, budget: int) -> None:
+    """Cap an SGLang ``PrefillAdder``'s token budgets for this step at ``budget``."""
+    adder.rem_input_tokens = min(adder.rem_input_tokens, budget)
+    if adder.rem_chunk_tokens is not None:
+        adder.rem_chunk_tokens = min(adder.rem_chunk_tokens, budget)
+
+
+def reject(scheduler: Any, req: Any, message: str) -> None:
+    """End a queued-to-be request at once with HTTP 429 (no forward pass, nothing allocated)."""
+    from sglang.srt.managers.scheduler import _make_abort_req
+
+    reason = {"type": "abort", "status_code": REJECT_STATUS, "message": message}
+    scheduler.send_abort_output(_make_abort_req(req, finished_reason=reason), req)
+    scheduler._release_aborted_request(req)
