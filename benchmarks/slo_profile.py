@@ -4,9 +4,9 @@
     python -m benchmarks.slo_profile --url http://HOST:PORT  # a running multi-slo server
 
 The server (``--schedule-policy multi-slo``) times every step it runs and fits its latency model
-online; this sends a sweep that spans the model's features (prefills of 32-2048 new tokens, with
-and without cached context; decode batches of 1-16 requests), then saves the fitted coefficients
-and prints the model's own prediction error over the sweep.
+online; this sends a sweep that spans the model's features (prefills of 32-1536 words, with and
+without cached context; decode batches of 1-16 requests with short and long prompts), then saves
+the fitted coefficients and prints the model's own prediction error over the sweep.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def post(url: str, prompt: str, max_new: int) -> None:
 
 
 def sweep(url: str, prefill_words: list[int], batch_sizes: list[int]) -> None:
-    jobs = len(prefill_words) * 2 + len(batch_sizes)
+    """Prefills of every size (cold, and after a cached prefix), then decode batches of every
+    size with short and long prompts, so the decode fit sees small and large KV."""
+    decode_words = (24, max(prefill_words) // 2)
+    jobs = len(prefill_words) * 2 + len(batch_sizes) * len(decode_words)
     with tqdm(total=jobs, desc="profile") as bar:
         for i, n in enumerate(prefill_words):
             prompt = text(n, i)
@@ -54,9 +57,10 @@ def sweep(url: str, prefill_words: list[int], batch_sizes: list[int]) -> None:
             post(url, prompt + " " + text(n // 4 + 8, i + 1), 1)  # prefill after a cached prefix
             bar.update(2)
         for bs in batch_sizes:
-            with cf.ThreadPoolExecutor(bs) as pool:
-                list(pool.map(lambda j: post(url, text(24, 100 + j), 24), range(bs)))
-            bar.update()
+            for words in decode_words:
+                with cf.ThreadPoolExecutor(bs) as pool:
+                    list(pool.map(lambda j, w=words: post(url, text(w, 100 + j), 24), range(bs)))
+                bar.update()
 
 
 def profile_of(state: dict[str, Any], note: str) -> dict[str, Any]:

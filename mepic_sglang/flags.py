@@ -266,6 +266,11 @@ class PluginArgs:
             )
         if getattr(server_args, "disaggregation_mode", None) not in (None, "null"):
             out.append("argument --schedule-policy multi-slo: not supported with P/D yet")
+        for name, cli in (("tp_size", "--tp-size"), ("pp_size", "--pp-size")):
+            # NOTE: every rank would decide from its own clock; diverging decisions would hang
+            # the ranks' collectives. Rank-0 decisions broadcast to the others: not built yet.
+            if int(getattr(server_args, name, 1) or 1) > 1:
+                out.append(f"argument {cli}: --schedule-policy multi-slo needs 1 for now")
         if self.slo_latency_profile:
             try:
                 LatencyModel.load(self.slo_latency_profile)

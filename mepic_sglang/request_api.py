@@ -183,6 +183,28 @@ def check_reserved(obj: Any) -> None:
             )
 
 
+class InputIdError(ValueError):
+    """A request's token ids are outside the model's vocabulary (HTTP 400)."""
+
+
+def check_input_ids(manager: Any, obj: Any) -> None:
+    """Every request with token ids: each id must be in the vocabulary.
+
+    NOTE: stock SGLang 0.5.23 forwards such ids to the embedding, whose IndexError kills the
+    scheduler (the whole server); here the request gets a 400 instead."""
+    ids = obj.input_ids
+    if not ids:
+        return
+    vocab = int(getattr(manager.model_config, "vocab_size", 0) or 0)
+    rows = ids if isinstance(ids[0], list) else [ids]
+    for row in rows:
+        if row and (min(row) < 0 or (vocab and max(row) >= vocab)):
+            bad = next(t for t in row if t < 0 or (vocab and t >= vocab))
+            raise InputIdError(
+                f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab})"
+            )
+
+
 def check_request(manager: Any, obj: Any, layout: Layout) -> None:
     """What a chunked request cannot ask for (HTTP 400 via SegmentError)."""
     if getattr(obj, "session_params", None):
@@ -243,6 +265,8 @@ def around_generate_request(
         layout = None
         mepic_on = get_plugin_args(manager.server_args).enable_mepic
         generate = type(obj).__name__ == "GenerateReqInput"
+        if generate:
+            check_input_ids(manager, obj)
         slo = slo_request.prepare(manager, obj, request) if generate else None
         if mepic_on and generate:
             check_reserved(obj)

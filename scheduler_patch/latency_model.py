@@ -125,12 +125,14 @@ class LatencyModel:
     samples: dict[str, deque[StepSample]] = field(default_factory=dict)
     errors: dict[str, ErrorStats] = field(default_factory=dict)
     _since_fit: dict[str, int] = field(default_factory=dict)
+    _rows: dict[str, deque[tuple[float, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for kind in ("prefill", "decode"):
             self.samples.setdefault(kind, deque(maxlen=self.window))
             self.errors.setdefault(kind, ErrorStats())
             self._since_fit.setdefault(kind, 0)
+            self._rows.setdefault(kind, deque(maxlen=self.window))
 
     # ------------------------------------------------------------------ prediction
     def calibrated(self, kind: Kind) -> bool:
@@ -166,18 +168,22 @@ class LatencyModel:
             self.errors[sample.kind].add(self.predict(sample), sample.seconds)
         window = self.samples[sample.kind]
         window.append(sample)
+        rows = self._rows[sample.kind]  # NOTE: features kept beside samples: refits stay cheap
+        rows.append((*features(sample), sample.seconds))
         self._since_fit[sample.kind] += 1
         uncalibrated = not self.calibrated(sample.kind)
         due = self._since_fit[sample.kind] >= self.refit_every
         if len(window) >= self.min_samples and (due or uncalibrated):
-            self.fit(sample.kind, window)
+            self._fit_array(sample.kind, np.array(rows))
 
     def fit(self, kind: Kind, samples: Iterable[StepSample]) -> None:
-        rows = [s for s in samples if s.kind == kind]
-        if not rows:
-            return
-        x = np.array([features(s) for s in rows])
-        y = np.array([s.seconds for s in rows])
+        """Fit ``kind``'s coefficients to ``samples`` (other kinds are ignored)."""
+        rows = [(*features(s), s.seconds) for s in samples if s.kind == kind]
+        if rows:
+            self._fit_array(kind, np.array(rows))
+
+    def _fit_array(self, kind: Kind, rows: np.ndarray) -> None:
+        x, y = rows[:, :-1], rows[:, -1]
         coef = [float(c) for c in robust_fit(x, y)]
         if kind == "prefill":
             self.prefill_coef = coef

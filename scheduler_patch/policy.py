@@ -151,21 +151,28 @@ class MultiSloPolicy(SchedulingPolicy):
 
     - **Arrival**: a request whose TTFT cannot be met even if it ran alone right now, or whose
       TPOT exceeds a lone decode step, is unattainable: served best-effort (last) or rejected.
+      (A queue-aware verdict, counting the more urgent prefills already queued, was tried in
+      the simulator and lowered attainment at 2x: Moore-Hodgson's late tier already defers such
+      requests, and a permanent demotion cannot be undone when the queue drains.)
     - **Order**: requests with a deadline go in earliest-deadline order, except that when the
       predicted prefill times make one late, the least important (then longest) request of the
       prefix is moved behind (Moore-Hodgson, weighted by priority: the most requests on time).
       Then requests without a TTFT target (priority, then arrival), then the ones that will be
       late, then the best-effort ones.
-    - **Budget**: a prefill step stalls every running decode; its size is capped so that no
-      running request at least as important as the head of the queue falls behind its TPOT
-      (``margin`` of the slack), and so that it ends before the earliest TTFT deadline (while
-      still fitting that request). 0 turns the step into a decode step.
+    - **Budget**: a prefill step stalls every running decode, and what it admits makes their
+      later decode steps slower; its size is capped so that no running request at least as
+      important as the head of the queue falls behind its (average) TPOT (``margin`` of its
+      slack), and so that it ends before the earliest TTFT deadline (while still fitting that
+      request). 0 turns the step into a decode step.
     - **Victims**: running requests less important than an urgent request that cannot fit and
       would miss its deadline by waiting: least important, then fewest tokens generated (least
       work lost) first, until its KV and slot need is covered.
     """
 
     name = "multi-slo"
+    _seen: (
+        tuple[EngineView, float | None, float, tuple[float, int, float, float, str] | None] | None
+    ) = None
     margin = 0.9  # share of a decode's TPOT slack a prefill step may use (model error)
 
     # ------------------------------------------------------------------ arrival
@@ -211,8 +218,14 @@ class MultiSloPolicy(SchedulingPolicy):
             if r.best_effort:
                 demoted.append((r.arrival, r.rid))
                 continue
-            due = r.deadline()
-            prio = r.slo.priority
+            slo = r.slo
+            if r.first_token_at is None:  # NOTE: ReqView.deadline(), inlined
+                due = None if slo.ttft_s is None else r.arrival + slo.ttft_s
+            else:
+                due = (
+                    None if slo.tpot_s is None else r.first_token_at + slo.tpot_s * r.output_tokens
+                )
+            prio = slo.priority
             if due is None:
                 untimed.append((-prio, r.arrival, r.rid))
                 continue
@@ -220,6 +233,9 @@ class MultiSloPolicy(SchedulingPolicy):
             cost = c0 + c1 * new / 1e3 + c2 * new * (r.cached_tokens + new / 2) / 1e6
             timed.append((due, -prio, r.arrival, cost, r.rid))
         timed.sort()
+        top = max([-t[1] for t in timed] + [-u[0] for u in untimed], default=None)
+        # NOTE: prefill_budget of the same step reuses the head's deadline and the top priority
+        self._seen = (engine, top, timed[0][0] if timed else math.inf, timed[0] if timed else None)
         # NOTE: dropping the least important (then longest) job of the EDF prefix whenever one
         # would be late keeps the most (priority-weighted) requests on time (Moore-Hodgson).
         # A heap finds that job in O(log n): the whole order is O(n log n).
@@ -247,10 +263,11 @@ class MultiSloPolicy(SchedulingPolicy):
     def prefill_budget(self, engine: EngineView) -> int | None:
         if not (self.model.calibrated("prefill") and self.model.calibrated("decode")):
             return None
-        model = self.model
-        head_priority = max((r.priority for r in engine.waiting), default=-math.inf)
-        step = model.decode(len(engine.running), sum(r.kv_tokens for r in engine.running))
-        slack = math.inf
+        model, now, margin = self.model, engine.now, self.margin
+        head_priority, first_due, first_tokens = self._queue_facts(engine)
+        bs, kv = len(engine.running), sum(r.kv_tokens for r in engine.running)
+        step = model.decode(bs, kv)
+        guards: list[tuple[int, float]] = []  # (decodes left, stall it can absorb), protected
         for r in engine.running:
             tpot = r.slo.tpot_s
             if r.best_effort or tpot is None or r.first_token_at is None:
@@ -260,27 +277,48 @@ class MultiSloPolicy(SchedulingPolicy):
             # NOTE: TPOT is an average over the whole output, so the stall a request can still
             # absorb is its deadline for the last token minus the decode steps it still needs.
             left = max(r.max_new_tokens - r.output_tokens, 0)
-            last_due = r.first_token_at + tpot * (r.output_tokens + left - 1)
-            r_slack = last_due - engine.now - left * step
-            if r_slack < 0:
-                continue  # will miss even without prefills: it must not block the queue
-            slack = min(slack, r_slack)
-        # NOTE: the step should also end before the earliest TTFT deadline in the queue, but it
-        # always fits the request with that deadline itself.
-        first_due, first_tokens = math.inf, 0
-        for r in engine.waiting:
-            r_due = r.deadline()
-            if r_due is not None and not r.best_effort and r_due < first_due:
-                first_due, first_tokens = r_due, r.prefill_tokens
-        if slack == math.inf and first_due == math.inf:
+            slack = r.first_token_at + tpot * (r.output_tokens + left - 1) - now - left * step
+            if slack >= 0:  # NOTE: one that will miss anyway must not block the queue
+                guards.append((left, margin * slack))
+        if not guards and first_due == math.inf:
             return None
         cap = engine.max_prefill_tokens
-        limit = min(self.margin * slack, first_due - engine.now)
-        fits = _largest(lambda n: model.prefill(n, attn_work(n, 0)) <= limit, cap)
-        if first_due - engine.now < self.margin * slack:
-            fits = max(fits, min(first_tokens, cap))
+
+        def stall(n: int) -> float:
+            return model.prefill(n, attn_work(n, 0))
+
+        def keeps_tpot(n: int) -> bool:
+            # NOTE: admitting n tokens stalls the running decodes for the prefill step AND makes
+            # each of their remaining decode steps slower (one more request, n more KV tokens).
+            slower = model.decode(bs + 1, kv + n) - step
+            return all(stall(n) + left * slower <= absorb for left, absorb in guards)
+
+        fits = _largest(keeps_tpot, cap) if guards else cap
+        if first_due < math.inf:
+            # the step ends before the earliest TTFT deadline, but always fits that request
+            ttft = _largest(lambda n: now + stall(n) <= first_due, cap)
+            fits = min(fits, max(ttft, min(first_tokens, cap)))
         # NOTE: 0 means "decode this step": each decode step wins back (TPOT - step) of slack.
         return fits
+
+    def _queue_facts(self, engine: EngineView) -> tuple[float, float, int]:
+        """(top priority, earliest deadline, that request's prefill tokens) of the queue, from
+        this step's :meth:`order` when it ran on the same view."""
+        seen = self._seen
+        if seen is not None and seen[0] is engine:
+            _, top, due, head = seen
+            tokens = 0
+            if head is not None:
+                tokens = next(r.prefill_tokens for r in engine.waiting if r.rid == head[4])
+            return (-math.inf if top is None else top), due, tokens
+        live = [r for r in engine.waiting if not r.best_effort]
+        top_priority = max((r.priority for r in live), default=-math.inf)
+        first_due, first_tokens = math.inf, 0
+        for r in live:
+            r_due = r.deadline()
+            if r_due is not None and r_due < first_due:
+                first_due, first_tokens = r_due, r.prefill_tokens
+        return top_priority, first_due, first_tokens
 
     # ------------------------------------------------------------------ preemption
     def victims(

@@ -130,9 +130,8 @@ class SloScheduler:
         now = time.time()
         state = self.req_slo(req, now)
         self.counters.arrivals += 1
-        verdict = self.policy.on_arrival(
-            self.req_view(req, now), self.engine_view(scheduler, now, [])
-        )
+        engine = self.engine_view(scheduler, now, [])  # NOTE: the verdict reads no queue
+        verdict = self.policy.on_arrival(self.req_view(req, now), engine)
         if verdict.action != "admit":
             logger.info("mepic-sglang: request %s %s: %s", req.rid, verdict.action, verdict.reason)
         if verdict.action == "best-effort":

@@ -215,6 +215,7 @@ def test_slo_flags(prepare, tmp_path: Path) -> None:  # type: ignore[no-untyped-
         (("--schedule-policy", "multi-slo", "--enable-priority-scheduling"),
          "argument --enable-priority-scheduling: cannot be combined"),
         (("--slo-classes", "gold"), "argument --slo-classes: expected"),
+        (("--schedule-policy", "multi-slo", "--tp-size", "2"), "argument --tp-size: --schedule"),
         (("--slo-default-ttft-ms", "-1"), "argument --slo-default-ttft-ms: must be in"),
         (("--slo-latency-profile", "p.json"), "needs --schedule-policy multi-slo"),
         (("--schedule-policy", "multi-slo", "--slo-latency-profile", str(tmp_path / "none.json")),

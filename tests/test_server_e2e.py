@@ -53,6 +53,19 @@ def test_generate_endpoint(smollm2_server: ServerHandle) -> None:
     assert again["meta_info"]["cached_tokens"] > 0
 
 
+def test_out_of_vocabulary_ids_get_400_and_the_server_keeps_serving(
+    smollm2_server: ServerHandle,
+) -> None:
+    body = {"input_ids": [1, 2, 10**6], "sampling_params": {"max_new_tokens": 2}}
+    r = requests.post(f"{smollm2_server.url}/generate", json=body, timeout=120)
+    assert r.status_code == 400 and "token id 1000000" in r.text, r.text
+    body["input_ids"] = [[5, 6], [-1]]
+    r = requests.post(f"{smollm2_server.url}/generate", json=body, timeout=120)
+    assert r.status_code == 400 and "token id -1" in r.text, r.text
+    body["input_ids"] = [1, 2, 3]
+    assert requests.post(f"{smollm2_server.url}/generate", json=body, timeout=120).ok
+
+
 def test_frontend_program(smollm2_server: ServerHandle) -> None:
     import sglang as sgl
 

@@ -210,9 +210,10 @@ def test_prefill_budget_protects_running_decodes() -> None:
     policy = MultiSloPolicy(MODEL)
     budget = policy.prefill_budget(engine(waiting, running, now=now))
     slack = policy.margin * (1.5 - now - 6 * MODEL.decode(1, 110))
+    slower = 6 * 0.001  # 6 decodes left, each 1 ms slower with one more request in the batch
     assert budget is not None
-    assert MODEL.prefill(budget, attn_work(budget, 0)) <= slack
-    assert MODEL.prefill(budget + 1, attn_work(budget + 1, 0)) > slack
+    assert MODEL.prefill(budget, attn_work(budget, 0)) + slower <= slack
+    assert MODEL.prefill(budget + 1, attn_work(budget + 1, 0)) + slower > slack
     # no slack left: no prefill this step
     assert policy.prefill_budget(engine(waiting, running, now=1.5 - 6 * 0.021 - 1e-6)) == 0
     # a decode that will miss anyway does not hold the queue
@@ -226,6 +227,30 @@ def test_prefill_budget_protects_running_decodes() -> None:
     assert policy.prefill_budget(engine(tight, [], now=0.0)) == 290
     # an uncalibrated model sets no budget
     assert MultiSloPolicy(LatencyModel()).prefill_budget(engine(waiting, running, now)) is None
+
+
+def test_prefill_budget_counts_the_slower_decodes_of_a_bigger_batch() -> None:
+    # decode steps cost 50 ms more per 1000 KV tokens: admitting n tokens slows each of the 100
+    # remaining decodes of a request with 2 s of slack by 5e-5 * n seconds
+    model = LatencyModel(prefill_coef=[0.0, 0.1, 0.0], decode_coef=[0.02, 0.0, 0.05])
+    running = [
+        req("r", prompt=0, output_tokens=1, max_new_tokens=101, first_token_at=0.0,
+            slo=slo(tpot=0.04))
+    ]  # fmt: skip
+    step = model.decode(1, 1)
+    absorb = MultiSloPolicy.margin * (0.04 * 100 - 100 * step)
+    budget = MultiSloPolicy(model).prefill_budget(engine([req("w", prompt=9000)], running))
+    assert budget is not None
+
+    def cost(n: int) -> float:
+        return model.prefill(n, 0) + 100 * (model.decode(2, 1 + n) - step)
+
+    assert cost(budget) <= absorb < cost(budget + 1)
+    assert budget < _prefill_only(model, absorb)  # the slower decodes are what limits it
+
+
+def _prefill_only(model: LatencyModel, seconds: float) -> int:
+    return int(seconds / model.prefill(1000, 0) * 1000)
 
 
 def test_multi_slo_preempts_only_when_waiting_would_miss() -> None:
@@ -344,3 +369,21 @@ def test_order_keeps_the_most_requests_on_time_at_equal_priority() -> None:
             for sub in itertools.combinations(w, k)
         )
         assert on_time([by_rid[rid] for rid in order]) == best
+
+
+def test_budget_is_the_same_with_or_without_the_steps_order() -> None:
+    """prefill_budget reuses facts that order() found on the same view; both paths agree."""
+    rng = random.Random(11)
+    for _ in range(100):
+        waiting = random_queue(rng, rng.randint(1, 30))
+        running = [
+            req(f"r{i}", prompt=rng.randint(10, 500), output_tokens=rng.randint(1, 40),
+                max_new_tokens=64, first_token_at=rng.uniform(0, 1),
+                slo=slo(tpot=rng.choice((None, 0.05, 0.2)), priority=rng.randint(0, 3)))
+            for i in range(rng.randint(0, 8))
+        ]  # fmt: skip
+        e = engine(waiting, running, now=rng.uniform(0, 3))
+        cold = MultiSloPolicy(MODEL).prefill_budget(e)
+        warm = MultiSloPolicy(MODEL)
+        warm.order(e)
+        assert warm.prefill_budget(e) == cold
