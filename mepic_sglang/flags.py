@@ -28,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mepic_sglang import model_support
+from mepic_sglang import model_support, slo_flags
 from mepic_sglang.recompute import POLICIES
-from scheduler_patch.latency_model import LatencyModel
+from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.policy import UNATTAINABLE_ACTIONS
-from scheduler_patch.slo import MAX_SLO_MS, SloDefaults, SloError, parse_classes
+from scheduler_patch.slo import SloDefaults, parse_classes
 
 MEPIC_RADIX_CACHE_BACKEND = "mepic"
 # SGLang features whose row/batch handling MEPIC's non-contiguous extend does not support (yet).
@@ -45,7 +45,6 @@ _MEPIC_CONFLICTS = (
 )
 
 ATTR = "_mepic_plugin_args"
-MULTI_SLO = "multi-slo"  # added to SGLang's --schedule-policy choices
 DEFAULT_MEPIC_PAGE_SIZE = 16
 GROUP_TITLE = "mepic-sglang plugin"
 
@@ -205,7 +204,7 @@ class PluginArgs:
             for name, cli, is_on in _MEPIC_CONFLICTS:
                 if is_on(getattr(server_args, name, None)):
                     out.append(f"argument {cli}: not supported with --enable-mepic yet")
-        out += self._slo_problems(server_args)
+        out += slo_flags.problems(self, server_args)
         if self.mepic_chunk_copies and not self.enable_mepic:
             out.append("argument --mepic-chunk-copies: needs --enable-mepic")
         if self.mepic_chunk_separator and not self.enable_mepic:
@@ -239,43 +238,6 @@ class PluginArgs:
                 + "; ".join(drift)
                 + " (pass --mepic-compat-check warn to try anyway)"
             )
-        return out
-
-    def _slo_problems(self, server_args: Any) -> list[str]:
-        out: list[str] = []
-        for name in ("slo_default_ttft_ms", "slo_default_tpot_ms"):
-            value = getattr(self, name)
-            if value < 0 or value > MAX_SLO_MS:
-                out.append(
-                    f"argument {cli_name(name)}: must be in [0, {MAX_SLO_MS:.0f}], got {value}"
-                )
-        try:
-            parse_classes(self.slo_classes)
-        except SloError as e:
-            out.append(f"argument {e}")
-        if self.slo_unattainable not in UNATTAINABLE_ACTIONS:
-            out.append(f"argument --slo-unattainable: invalid choice {self.slo_unattainable!r}")
-        if getattr(server_args, "schedule_policy", None) != MULTI_SLO:
-            if self.slo_latency_profile:
-                out.append("argument --slo-latency-profile: needs --schedule-policy multi-slo")
-            return out
-        if getattr(server_args, "enable_priority_scheduling", False):
-            out.append(
-                "argument --enable-priority-scheduling: cannot be combined with --schedule-policy "
-                "multi-slo (which orders and preempts by priority and SLO itself)"
-            )
-        if getattr(server_args, "disaggregation_mode", None) not in (None, "null"):
-            out.append("argument --schedule-policy multi-slo: not supported with P/D yet")
-        for name, cli in (("tp_size", "--tp-size"), ("pp_size", "--pp-size")):
-            # NOTE: every rank would decide from its own clock; diverging decisions would hang
-            # the ranks' collectives. Rank-0 decisions broadcast to the others: not built yet.
-            if int(getattr(server_args, name, 1) or 1) > 1:
-                out.append(f"argument {cli}: --schedule-policy multi-slo needs 1 for now")
-        if self.slo_latency_profile:
-            try:
-                LatencyModel.load(self.slo_latency_profile)
-            except ValueError as e:
-                out.append(f"argument --slo-latency-profile: {e}")
         return out
 
 

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mepic_sglang.flags import MULTI_SLO, get_plugin_args
+from mepic_sglang.flags import get_plugin_args
+from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.latency_model import LatencyModel
 from scheduler_patch.policy import make_policy
 from scheduler_patch.sglang_adapter import ATTR, SloScheduler, reject
