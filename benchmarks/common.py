@@ -31,6 +31,14 @@ def resolve_common_args(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
 
+def quantile(values: list[float], p: float) -> float:
+    """The ``p`` quantile of ``values`` (nearest rank; NaN when empty)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
 def stop_tree(proc: subprocess.Popen[bytes], root: psutil.Process) -> None:
     """SIGTERM the server's process group and wait until every process of it is gone, so the
     next run starts on an idle machine and a free port."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from benchmarks.common import quantile
 from benchmarks.mepic_workload import Doc, Renderer, Request, contains, f1
 
 PAGE = 16
@@ -157,17 +158,11 @@ def summarize(
             hit.add(req.rid)
         seen |= set(req.docs)
 
-    def q(values: list[float], p: float) -> float:
-        if not values:
-            return float("nan")
-        values = sorted(values)
-        return values[min(len(values) - 1, int(p * len(values)))]
-
-    ttft = [r.ttft for r in results]
+    ttft, e2e = [r.ttft for r in results], [r.e2e for r in results]
     out: dict[str, Any] = {
-        "ttft_p50": q(ttft, 0.5), "ttft_p99": q(ttft, 0.99),
-        "e2e_p50": q([r.e2e for r in results], 0.5), "e2e_p99": q([r.e2e for r in results], 0.99),
-        "ttft_hit_p50": q([r.ttft for r in results if r.rid in hit], 0.5),
+        "ttft_p50": quantile(ttft, 0.5), "ttft_p99": quantile(ttft, 0.99),
+        "e2e_p50": quantile(e2e, 0.5), "e2e_p99": quantile(e2e, 0.99),
+        "ttft_hit_p50": quantile([r.ttft for r in results if r.rid in hit], 0.5),
         "hit_requests": len(hit),
         "throughput_rps": len(results) / wall if wall else 0.0,
         "f1": 100 * statistics.fmean(f1(r.text, by_rid[r.rid].answer) for r in results),

@@ -35,7 +35,7 @@ from benchmarks.common import (
     start_server,
     stop_tree,
 )
-from benchmarks.slo_profile import profile_of, sweep
+from benchmarks.slo_profile import measure
 from scheduler_patch.latency_model import LatencyModel
 from scheduler_patch.sim_workload import DEFAULT_CLASSES, poisson_workload, reference_model
 from scheduler_patch.simulator import SimConfig, simulate_cluster
@@ -82,8 +82,8 @@ def measure_profile(args: argparse.Namespace) -> Path:
     )
     try:
         words = [16, 64] if args.smoke else [32, 128, 384, 768]
-        sweep(url, words, [1, 4] if args.smoke else [1, 2, 4, 8, 16])
-        profile = profile_of(plugin_state(url), f"{args.model}, benchmarks.slo")
+        sizes = [1, 4] if args.smoke else [1, 2, 4, 8, 16]
+        profile = measure(url, words, sizes, f"{args.model}, benchmarks.slo")
     finally:
         stop_tree(proc, root)
     path.write_text(json.dumps(profile, indent=1))

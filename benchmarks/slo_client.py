@@ -18,6 +18,7 @@ from typing import Any
 import requests
 from tqdm import tqdm
 
+from benchmarks.common import quantile
 from scheduler_patch.sim_workload import SimRequest, WorkloadClass
 
 VOCAB = (100, 2_000)  # token ids sent as prompts (inside every model here, tiny ones too)
@@ -107,10 +108,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     per: dict[str, list[bool]] = {}
     for r in rows:
         per.setdefault(r["class"], []).append(bool(r["met"]))
-    ttfts = sorted(r["ttft"] for r in rows if r.get("ttft"))
-    pick = (
-        (lambda q: ttfts[min(int(q * len(ttfts)), len(ttfts) - 1)]) if ttfts else (lambda q: None)
-    )
+    ttfts = [r["ttft"] for r in rows if r.get("ttft")]
     return {
         "requests": len(rows),
         "attainment": sum(r["met"] for r in rows) / max(len(rows), 1),
@@ -118,6 +116,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "rejected": sum(bool(r.get("rejected")) for r in rows),
         "errors": sum("error" in r for r in rows),
         "retractions": sum(r.get("retractions", 0) for r in rows),
-        "ttft_p50": pick(0.5),
-        "ttft_p99": pick(0.99),
+        "ttft_p50": quantile(ttfts, 0.5) if ttfts else None,
+        "ttft_p99": quantile(ttfts, 0.99) if ttfts else None,
     }

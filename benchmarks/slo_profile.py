@@ -77,6 +77,19 @@ def profile_of(state: dict[str, Any], note: str) -> dict[str, Any]:
     }
 
 
+def measure(
+    url: str, prefill_words: list[int], batch_sizes: list[int], note: str
+) -> dict[str, Any]:
+    """Sweep a running multi-slo server and return its fitted profile (SystemExit if none)."""
+    sweep(url, prefill_words, batch_sizes)
+    profile = profile_of(plugin_state(url), note)
+    if profile["prefill"] is None or profile["decode"] is None:
+        raise SystemExit(
+            f"the server fitted no model (samples: {profile['samples']}); is it multi-slo?"
+        )
+    return profile
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,23 +109,19 @@ def main() -> None:
         proc, root, url = start_server(
             args.model, args.port, ["--schedule-policy", "multi-slo"], log
         )
+    where = args.model if args.url is None else url
+    machine = platform.processor() or platform.machine()
+    note = f"{where} on {platform.node()} ({machine}), {datetime.date.today()}"
     try:
-        sweep(
+        profile = measure(
             url,
             [int(x) for x in args.prefill_words.split(",")],
             [int(x) for x in args.batch_sizes.split(",")],
+            note,
         )
-        where = args.model if args.url is None else url
-        machine = platform.processor() or platform.machine()
-        note = f"{where} on {platform.node()} ({machine}), {datetime.date.today()}"
-        profile = profile_of(plugin_state(url), note)
     finally:
         if proc is not None and root is not None:
             stop_tree(proc, root)
-    if profile["prefill"] is None or profile["decode"] is None:
-        raise SystemExit(
-            f"the server fitted no model (samples: {profile['samples']}); is it multi-slo?"
-        )
     path.write_text(json.dumps(profile, indent=1))
     print(json.dumps({k: profile[k] for k in ("prefill", "decode", "samples", "error")}, indent=1))
     print(f"wrote {path}")

@@ -25,30 +25,12 @@ def runtime_of(scheduler: Any) -> SloScheduler | None:
     return runtime if isinstance(runtime, SloScheduler) else None
 
 
-class PolicyAdapter:
-    """SGLang's ``SchedulePolicy`` (built as ``fcfs``) whose ``calc_priority`` keeps the order
-    the SLO policy chose for this step; everything else is the base policy's."""
-
-    def __init__(self, base: Any, runtime: SloScheduler, scheduler: Any) -> None:
-        self.base = base
-        self.runtime = runtime
-        self.scheduler = scheduler
-
-    def calc_priority(
-        self, waiting_queue: list[Any], running_batch: Any = None, processed_tokens: int = 0
-    ) -> Any:
-        # NOTE: the base call matches prefixes (cached tokens feed the prefill-time estimate).
-        out = self.base.calc_priority(waiting_queue, running_batch, processed_tokens)
-        self.runtime.sort(waiting_queue)
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.base, name)
-
-
 def around_init_schedule_policy(original: Callable[..., Any], scheduler: Any) -> Any:
     """AROUND ``Scheduler.init_schedule_policy``: with ``multi-slo``, build SGLang's policy as
-    ``fcfs`` (SGLang does not know the name) and wrap it."""
+    ``fcfs`` (SGLang does not know the name) and attach the process's :class:`SloScheduler`.
+
+    NOTE: SGLang's fcfs ``calc_priority`` (priority scheduling off) only matches prefixes and
+    leaves the queue in the order :meth:`SloScheduler.before_prefill` sorted it into."""
     if scheduler.schedule_policy != MULTI_SLO:
         return original(scheduler)
     scheduler.schedule_policy = "fcfs"
@@ -66,7 +48,6 @@ def around_init_schedule_policy(original: Callable[..., Any], scheduler: Any) ->
         args.slo_defaults(),
     )
     scheduler.__dict__[ATTR] = runtime
-    scheduler.policy = PolicyAdapter(scheduler.policy, runtime, scheduler)
     logger.info(
         "mepic-sglang: multi-slo scheduling (unattainable: %s; latency profile: %s)",
         args.slo_unattainable,

@@ -24,7 +24,7 @@ import time
 from functools import cache
 from typing import Any
 
-from mepic_sglang.flags import get_plugin_args
+from mepic_sglang.flags import PluginArgs, get_plugin_args
 from scheduler_patch.sglang_adapter import REJECT_STATUS
 from scheduler_patch.slo import (
     ARRIVAL_KEY,
@@ -41,44 +41,41 @@ META_KEY = "slo"
 _SLO_KEYS = (TTFT_KEY, TPOT_KEY, CLASS_KEY)
 
 
-def defaults_of(server_args: Any) -> SloDefaults:
-    return get_plugin_args(server_args).slo_defaults()
-
-
-def _sampling_dicts(obj: Any) -> list[dict[str, Any]]:
-    """The request's sampling-param dicts (one per prompt), created where missing."""
-    params = obj.sampling_params
-    if isinstance(params, list):
-        out = [dict(p or {}) for p in params]
-        obj.sampling_params = out
-        return out
-    one = dict(params or {})
-    obj.sampling_params = one
-    return [one]
+@cache
+def _defaults(args: PluginArgs) -> SloDefaults:
+    return args.slo_defaults()  # NOTE: parsed once per flag set, not per request
 
 
 def prepare(manager: Any, obj: Any, request: Any) -> Slo | None:
     """Validate and complete the request's SLO fields; the SLO of its first prompt (None when
-    neither the request nor the server sets one). Raises :class:`SloError` (HTTP 400)."""
-    defaults = defaults_of(manager.server_args)
+    neither the request nor the server sets one). Raises :class:`SloError` (HTTP 400).
+
+    Only the sampling params of prompts that have an SLO are rewritten (with their arrival)."""
+    defaults = _defaults(get_plugin_args(manager.server_args))
     headers = getattr(request, "headers", None)
     from_headers = header_fields(headers) if headers is not None else {}
-    dicts = _sampling_dicts(obj)
+    params = obj.sampling_params
+    batch = isinstance(params, list)
     priority = obj.priority if isinstance(getattr(obj, "priority", None), int) else None
     first: Slo | None = None
     asked = False
     now = time.time()
-    for sampling in dicts:
+    for i, sampling in enumerate(params if batch else [params]):
+        sampling = sampling or {}
         custom = sampling.get("custom_params")
         if custom is not None and not isinstance(custom, dict):
             raise SloError(f"custom_params must be an object, got {type(custom).__name__}")
         custom = {**(custom or {}), **from_headers}
         slo = defaults.resolve(custom, priority)
-        if any(k in custom for k in _SLO_KEYS) or slo.has_target:
-            asked = True
-            custom.setdefault(ARRIVAL_KEY, now)
-            sampling["custom_params"] = custom
         first = first or slo
+        if not (any(k in custom for k in _SLO_KEYS) or slo.has_target):
+            continue
+        asked = True
+        custom.setdefault(ARRIVAL_KEY, now)
+        if batch:
+            params[i] = {**sampling, "custom_params": custom}
+        else:
+            obj.sampling_params = {**sampling, "custom_params": custom}
     return first if asked else None
 
 

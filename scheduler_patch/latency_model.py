@@ -122,14 +122,12 @@ class LatencyModel:
     window: int = 512
     min_samples: int = 8
     refit_every: int = 8
-    samples: dict[str, deque[StepSample]] = field(default_factory=dict)
     errors: dict[str, ErrorStats] = field(default_factory=dict)
     _since_fit: dict[str, int] = field(default_factory=dict)
     _rows: dict[str, deque[tuple[float, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for kind in ("prefill", "decode"):
-            self.samples.setdefault(kind, deque(maxlen=self.window))
             self.errors.setdefault(kind, ErrorStats())
             self._since_fit.setdefault(kind, 0)
             self._rows.setdefault(kind, deque(maxlen=self.window))
@@ -166,14 +164,12 @@ class LatencyModel:
         """Record a measured step; refit the kind's coefficients every ``refit_every`` steps."""
         if self.calibrated(sample.kind):
             self.errors[sample.kind].add(self.predict(sample), sample.seconds)
-        window = self.samples[sample.kind]
-        window.append(sample)
-        rows = self._rows[sample.kind]  # NOTE: features kept beside samples: refits stay cheap
+        rows = self._rows[sample.kind]  # NOTE: feature rows, not samples: refits stay cheap
         rows.append((*features(sample), sample.seconds))
         self._since_fit[sample.kind] += 1
         uncalibrated = not self.calibrated(sample.kind)
         due = self._since_fit[sample.kind] >= self.refit_every
-        if len(window) >= self.min_samples and (due or uncalibrated):
+        if len(rows) >= self.min_samples and (due or uncalibrated):
             self._fit_array(sample.kind, np.array(rows))
 
     def fit(self, kind: Kind, samples: Iterable[StepSample]) -> None:
@@ -207,7 +203,7 @@ class LatencyModel:
         return {
             "prefill_coef": self.prefill_coef,
             "decode_coef": self.decode_coef,
-            "samples": {k: len(v) for k, v in self.samples.items()},
+            "samples": {k: len(v) for k, v in self._rows.items()},
             "error": {k: v.as_dict() for k, v in self.errors.items()},
         }
 

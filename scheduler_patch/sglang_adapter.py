@@ -8,7 +8,6 @@ functions in ``mepic_sglang/slo_hooks.py`` call it; it converts SGLang ``Req`` o
 |----------------------------------------|-----------------|---------------------------------|
 | _add_request_to_queue (new request)    | on_enqueue      | 429 reject / best-effort mark   |
 | get_new_batch_prefill(running_batch)   | before_prefill  | order, preempt, budget (or skip)|
-| policy.calc_priority(waiting_queue)    | sort            | keep the step's order           |
 | get_prefill_adder_class()(...)         | adder_class     | clamp the step's prefill tokens |
 | run_batch(batch)                       | observe_step    | step time -> latency model      |
 
@@ -67,7 +66,6 @@ class SloScheduler:
         self.defaults = defaults
         self.counters = Counters()
         self.pending_budget: int | None = None
-        self._rank: dict[str, int] = {}
         self._adder_classes: dict[type, type] = {}
 
     # ------------------------------------------------------------------ views
@@ -147,14 +145,15 @@ class SloScheduler:
         budget. True: run no prefill this step (the budget is 0 while requests decode)."""
         waiting = scheduler.waiting_queue
         self.pending_budget = None
-        self._rank = {}
         if not waiting:
             return False
         now = time.time()
         engine = self.engine_view(scheduler, now, waiting)
         order = self.policy.order(engine)
-        self._rank = {rid: i for i, rid in enumerate(order)}
-        self.sort(waiting)
+        rank = {rid: i for i, rid in enumerate(order)}
+        waiting.sort(key=lambda r: rank[r.rid])
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("mepic-sglang: queue order %s", order)
         self.counters.reorders += 1
         if scheduler.chunked_req is None and running_batch.reqs:
             head = next(v for v in engine.waiting if v.rid == order[0])
@@ -164,13 +163,6 @@ class SloScheduler:
         skip = budget == 0 and bool(running_batch.reqs)
         self.counters.deferred += skip
         return skip
-
-    def sort(self, waiting_queue: list[Any]) -> None:
-        """Sort ``waiting_queue`` in place in this step's policy order (new arrivals last)."""
-        rank = self._rank
-        waiting_queue.sort(key=lambda r: rank.get(r.rid, len(rank)))
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("mepic-sglang: queue order %s", [r.rid for r in waiting_queue])
 
     def _make_room(
         self, scheduler: Any, running_batch: Any, engine: EngineView, head: ReqView
