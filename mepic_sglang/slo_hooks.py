@@ -96,24 +96,14 @@ def after_prefill_adder_class(result: type, scheduler: Any) -> type:
 def around_run_batch(
     original: Callable[..., Any], scheduler: Any, batch: Any, *args: Any, **kwargs: Any
 ) -> Any:
-    """AROUND ``Scheduler.run_batch``: time the step for the latency model.
-
-    NOTE: on CPU the forward runs inside ``run_batch`` in both event loops, so its wall time is
-    the step time. On CUDA with the overlap loop ``run_batch`` only launches work; the step time
-    is then the launch-to-launch cadence of back-to-back steps (what SGLang's own step counters
-    use). Not yet measured on a GPU.
-    """
+    """AROUND ``Scheduler.run_batch``: time the step for the latency model (the cadence of
+    consecutive steps, see :meth:`SloScheduler.on_step`)."""
     runtime = runtime_of(scheduler)
     if runtime is None:
         return original(scheduler, batch, *args, **kwargs)
     start = time.perf_counter()
     result = original(scheduler, batch, *args, **kwargs)
-    seconds = time.perf_counter() - start
-    if str(getattr(scheduler, "device", "cpu")).startswith("cuda"):
-        last = scheduler.__dict__.get("_mepic_slo_last_launch")
-        scheduler.__dict__["_mepic_slo_last_launch"] = (start, batch)
-        if last is None or getattr(batch, "after_idle_gap", False):
-            return result
-        seconds, batch = start - last[0], last[1]
-    runtime.observe_step(batch, seconds, getattr(scheduler, "chunked_req", None))
+    runtime.on_step(
+        batch, start, time.perf_counter() - start, getattr(scheduler, "chunked_req", None)
+    )
     return result

@@ -9,7 +9,7 @@ functions in ``mepic_sglang/slo_hooks.py`` call it; it converts SGLang ``Req`` o
 | _add_request_to_queue (new request)    | on_enqueue      | 429 reject / best-effort mark   |
 | get_new_batch_prefill(running_batch)   | before_prefill  | order, preempt, budget (or skip)|
 | get_prefill_adder_class()(...)         | adder_class     | clamp the step's prefill tokens |
-| run_batch(batch)                       | observe_step    | step time -> latency model      |
+| run_batch(batch)                       | on_step         | step cadence -> latency model   |
 
 Clock: wall seconds (``time.time()``), the clock the tokenizer stamps arrivals with
 (``custom_params.slo_arrival``), so TTFT deadlines count from the HTTP request, not from the
@@ -67,6 +67,7 @@ class SloScheduler:
         self.counters = Counters()
         self.pending_budget: int | None = None
         self._adder_classes: dict[type, type] = {}
+        self._last_step: tuple[StepSample, float] | None = None  # awaiting its cadence
 
     # ------------------------------------------------------------------ views
     def req_slo(self, req: Any, now: float) -> ReqSlo:
@@ -211,34 +212,48 @@ class SloScheduler:
         return cls
 
     # ------------------------------------------------------------------ measurement
-    def observe_step(self, batch: Any, seconds: float, chunked_req: Any = None) -> None:
-        """A step ran for ``seconds`` (synchronous forward): teach the model, stamp first tokens."""
-        mode = batch.forward_mode
-        now = time.time()
-        if mode.is_extend():
-            extend = list(batch.extend_lens or [])
-            prefix = list(batch.prefix_lens or [])
-            sample = StepSample(
-                "prefill",
-                sum(extend),
-                sum(attn_work(n, c) for n, c in zip(extend, prefix, strict=False)),
-                len(batch.reqs),
-                0,
-                seconds,
-            )
+    def on_step(self, batch: Any, start: float, seconds: float, chunked_req: Any = None) -> None:
+        """SGLang ran ``batch`` (``run_batch`` began at ``start``, ``perf_counter`` seconds, and
+        took ``seconds``): stamp first tokens, and teach the model the PREVIOUS step's time.
+
+        NOTE: a step's time is the cadence from its ``run_batch`` to the next one: the forward
+        plus result processing, detokenizer hand-off and the next scheduling decision. On CPU
+        that overhead was ~50 ms a step (25-30% of a decode step); timing ``run_batch`` alone
+        made the policy spend slack it did not have. On CUDA with the overlap loop
+        ``run_batch`` only launches work, and the cadence is again the step time. A step the
+        scheduler idled after has no cadence: its ``run_batch`` time is used.
+        """
+        sample = self._sample(batch, seconds)
+        if sample is not None and sample.kind == "prefill":
+            now = time.time()
             for req in batch.reqs:
                 if req is not chunked_req:
                     state = self.req_slo(req, now)
                     if state.first_token_at is None:
                         state.first_token_at = now
-        elif mode.is_decode():
-            sample = StepSample(
-                "decode", len(batch.reqs), 0.0, len(batch.reqs), int(batch.seq_lens_sum), seconds
-            )
-        else:
-            return
+        last, self._last_step = self._last_step, (None if sample is None else (sample, start))
+        if last is not None:
+            prev, prev_start = last
+            idled = bool(getattr(batch, "after_idle_gap", False))
+            self.observe(prev if idled else prev._replace(seconds=start - prev_start))
+
+    def observe(self, sample: StepSample) -> None:
         self.counters.steps[sample.kind] += 1
         self.policy.model.observe(sample)
+
+    @staticmethod
+    def _sample(batch: Any, seconds: float) -> StepSample | None:
+        """The step's features, read at once (SGLang reuses and filters batch objects)."""
+        mode = batch.forward_mode
+        if mode.is_extend():
+            extend = list(batch.extend_lens or [])
+            prefix = list(batch.prefix_lens or [])
+            attn = sum(attn_work(n, c) for n, c in zip(extend, prefix, strict=False))
+            return StepSample("prefill", sum(extend), attn, len(batch.reqs), 0, seconds)
+        if mode.is_decode():
+            bs = len(batch.reqs)
+            return StepSample("decode", bs, 0.0, bs, int(batch.seq_lens_sum), seconds)
+        return None
 
     def state(self) -> dict[str, Any]:
         """For ``/server_info``: policy, counters and the latency model (with its error)."""

@@ -200,20 +200,23 @@ def test_unattainable_requests_are_demoted_or_rejected() -> None:
 
 
 def test_prefill_budget_protects_running_decodes() -> None:
-    # 10 of 16 tokens out; the 16th is due at 15 x 0.1 s; 6 decode steps still to run: the
-    # stall it can absorb is 1.5 - now - 6 steps, and a prefill step may use 0.9 of that
+    # 10 of 16 tokens out; the 16th is due at 15 x 0.1 s; 6 decode steps still to run: a
+    # prefill step of n tokens fits if safety x (its stall + 6 decodes of a batch one request
+    # bigger) ends by then, less the paced reserve: pace x 6 x (TPOT - step)
     running = [
         req("r", prompt=100, output_tokens=10, first_token_at=0.0, slo=slo(tpot=0.1, priority=1))
     ]
     waiting = [req("w", prompt=4000, slo=slo(priority=1))]
     now = 0.48
     policy = MultiSloPolicy(MODEL)
+
+    def cost(n: int) -> float:
+        return policy.safety * (MODEL.prefill(n, attn_work(n, 0)) + 6 * MODEL.decode(2, 110 + n))
+
     budget = policy.prefill_budget(engine(waiting, running, now=now))
-    slack = policy.margin * (1.5 - now - 6 * MODEL.decode(1, 110))
-    slower = 6 * 0.001  # 6 decodes left, each 1 ms slower with one more request in the batch
-    assert budget is not None
-    assert MODEL.prefill(budget, attn_work(budget, 0)) + slower <= slack
-    assert MODEL.prefill(budget + 1, attn_work(budget + 1, 0)) + slower > slack
+    reserve = policy.pace * 6 * (0.1 - MODEL.decode(1, 110))
+    assert budget is not None and budget > 0
+    assert cost(budget) <= 1.5 - now - reserve < cost(budget + 1)
     # no slack left: no prefill this step
     assert policy.prefill_budget(engine(waiting, running, now=1.5 - 6 * 0.021 - 1e-6)) == 0
     # a decode that will miss anyway does not hold the queue
@@ -229,24 +232,45 @@ def test_prefill_budget_protects_running_decodes() -> None:
     assert MultiSloPolicy(LatencyModel()).prefill_budget(engine(waiting, running, now)) is None
 
 
+def test_prefill_budget_paces_the_slack() -> None:
+    # same running request as above: half the allowance of its 6 tokens to come is held back
+    running = [
+        req("r", prompt=100, output_tokens=10, first_token_at=0.0, slo=slo(tpot=0.1, priority=1))
+    ]
+    policy, now = MultiSloPolicy(MODEL), 0.48
+    waiting = [req("w", prompt=4000, slo=slo(priority=1))]
+    paced = policy.prefill_budget(engine(waiting, running, now=now))
+    policy.pace = 0.0
+    greedy = policy.prefill_budget(engine(waiting, running, now=now))
+    assert paced is not None and greedy is not None and 0 < paced < greedy
+    # later in its output less is held back: the budget grows as it decodes
+    policy.pace = MultiSloPolicy.pace
+    later = req(
+        "r", prompt=100, output_tokens=13, first_token_at=0.0, slo=slo(tpot=0.1, priority=1)
+    )
+    grown = policy.prefill_budget(engine(waiting, [later], now=now + 3 * MODEL.decode(1, 112)))
+    assert grown is not None and grown > paced
+
+
 def test_prefill_budget_counts_the_slower_decodes_of_a_bigger_batch() -> None:
     # decode steps cost 50 ms more per 1000 KV tokens: admitting n tokens slows each of the 100
-    # remaining decodes of a request with 2 s of slack by 5e-5 * n seconds
+    # remaining decodes of a request whose last token is due in 4 s by 5e-5 * n seconds
     model = LatencyModel(prefill_coef=[0.0, 0.1, 0.0], decode_coef=[0.02, 0.0, 0.05])
     running = [
         req("r", prompt=0, output_tokens=1, max_new_tokens=101, first_token_at=0.0,
             slo=slo(tpot=0.04))
     ]  # fmt: skip
-    step = model.decode(1, 1)
-    absorb = MultiSloPolicy.margin * (0.04 * 100 - 100 * step)
-    budget = MultiSloPolicy(model).prefill_budget(engine([req("w", prompt=9000)], running))
+    policy = MultiSloPolicy(model)
+    budget = policy.prefill_budget(engine([req("w", prompt=9000)], running))
     assert budget is not None
 
     def cost(n: int) -> float:
-        return model.prefill(n, 0) + 100 * (model.decode(2, 1 + n) - step)
+        return policy.safety * (model.prefill(n, 0) + 100 * model.decode(2, 1 + n))
 
-    assert cost(budget) <= absorb < cost(budget + 1)
-    assert budget < _prefill_only(model, absorb)  # the slower decodes are what limits it
+    due = 4.0 - policy.pace * 100 * (0.04 - model.decode(1, 1))  # less the paced reserve
+    assert cost(budget) <= due < cost(budget + 1)
+    alone = due / policy.safety - 100 * model.decode(1, 1)  # stall if decodes did not slow
+    assert budget < _prefill_only(model, alone)  # the slower decodes are what limits it
 
 
 def _prefill_only(model: LatencyModel, seconds: float) -> int:
