@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mepic_sglang import model_support, slo_flags
+from mepic_sglang import model_support, pd_hooks, slo_flags
 from mepic_sglang.recompute import POLICIES
 from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.policy import UNATTAINABLE_ACTIONS
@@ -152,6 +152,7 @@ class PluginArgs:
 
     def apply_defaults(self, server_args: Any) -> None:
         """Fill SGLang flags that a plugin flag implies and the user left unset."""
+        pd_hooks.apply_cpu_defaults(server_args)
         if self.slo_configured or getattr(server_args, "schedule_policy", None) == MULTI_SLO:
             # NOTE: measured TTFT/TPOT (meta_info["slo"], /metrics) come from SGLang's time
             # stats, which only travel with --enable-metrics.

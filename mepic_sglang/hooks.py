@@ -26,6 +26,7 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | Scheduler.get_new_batch_prefill          | AROUND| preempt running requests for an urgent one    |
 | Scheduler.get_prefill_adder_class        | AFTER | clamp a prefill step to the SLO budget        |
 | Scheduler.run_batch                      | AROUND| step times -> the SLO latency model           |
+| PrefillBootstrapQueue.create_sender      | AFTER | P/D on CPU: no pinned host-index transfers    |
 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
@@ -44,6 +45,7 @@ from mepic_sglang import (
     flags,
     nope,
     observe,
+    pd_hooks,
     request_api,
     slo_hooks,
     slo_request,
@@ -191,6 +193,12 @@ HOOKS: tuple[HookSpec, ...] = (
         "AROUND",
         slo_hooks.around_run_batch,
         ("self", "batch", "pp_proxy_tensors"),
+    ),
+    HookSpec(
+        "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue.create_sender",
+        "AFTER",
+        pd_hooks.after_create_sender,
+        ("self", "req", "num_kv_heads"),
     ),
     HookSpec(
         "sglang.srt.mem_cache.common.release_kv_cache",

@@ -12,6 +12,19 @@ VENV=${MEPIC_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 cd "$ROOT"
 
+# Mooncake's transfer engine (P/D disaggregation over TCP on CPU) links libibverbs.so.1, which no
+# pip package ships: Debian's libibverbs1. Without it the P/D tests skip, saying why.
+if ! ldconfig -p 2>/dev/null | grep -q 'libibverbs\.so\.1 '; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "mepic-sglang: installing libibverbs1 (Debian) for Mooncake's transfer engine" >&2
+    if ! { apt-get update -qq && apt-get install -y -qq libibverbs1; } >/tmp/mepic-apt.log 2>&1; then
+      echo "mepic-sglang: warning: apt-get install libibverbs1 failed (/tmp/mepic-apt.log); P/D tests will skip" >&2
+    fi
+  else
+    echo "mepic-sglang: note: libibverbs1 is not installed (needs root: apt-get install libibverbs1); P/D tests will skip" >&2
+  fi
+fi
+
 stamp_want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-16)
 stamp_file="$VENV/.mepic-setup-stamp"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp_want" ]; then

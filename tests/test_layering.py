@@ -59,7 +59,9 @@ def test_only_the_hook_table_touches_sglang_hooks() -> None:
             name = str(path.relative_to(ROOT))
             if any(m.startswith("sglang.srt.plugins") for m in _imported_modules(path)):
                 offenders.append(f"{name} imports sglang.srt.plugins")
-            targets = [s for s in _string_constants(path) if s.startswith("sglang.")]
+            # NOTE: every hook target lives in sglang.srt; other module names (the launcher's
+            # ``python -m sglang.launch_server``) are not hook targets
+            targets = [s for s in _string_constants(path) if s.startswith("sglang.srt.")]
             if targets:
                 offenders.append(f"{name} names {targets}")
     assert offenders == []
@@ -85,3 +87,23 @@ def test_compat_check_reports_drift() -> None:
     assert len(drift) == 1 and "expected ('argv',)" in drift[0]
     missing = compat.check((("sglang.srt.server_args.ServerArgs.no_such_method", ()),))
     assert "cannot be resolved" in missing[0]
+
+
+def test_applying_the_hooks_imports_no_prometheus_client() -> None:
+    # SGLang imports prometheus_client only after it sets PROMETHEUS_MULTIPROC_DIR; a hook target
+    # whose module imports it earlier (e.g. the Mooncake connector) makes the plugin's counters
+    # vanish from /metrics
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sglang.srt.plugins.hook_registry import HookRegistry\n"
+        "from mepic_sglang.plugin import register\n"
+        "register(); HookRegistry.apply_hooks()\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]

@@ -1,0 +1,276 @@
+"""The dispatcher: one OpenAI-compatible endpoint in front of SGLang instances (P/D or collocated).
+
+    python -m disagg.dispatcher --prefill http://127.0.0.1:31301,31398 \\
+        --decode http://127.0.0.1:31302 --port 31300
+
+Clients talk to it exactly as to one SGLang server (``/generate``, ``/v1/completions``,
+``/v1/chat/completions``, streaming or not). For P/D it does what SGLang's P/D protocol asks of a
+router: it picks a (prefill, decode) pair, adds ``bootstrap_host`` / ``bootstrap_port`` /
+``bootstrap_room`` to the body, sends the SAME body to both, and answers with the decode
+instance's response (the prefill instance computes the prompt's KV and first token and pushes the
+KV to the decode instance). A failed leg aborts the other (``/abort_request``), so no KV is held
+for a request that cannot finish. Collocated instances get the body unchanged.
+
+Why not sglang-router: its policies are a closed Rust enum (no Python extension point), it
+does not track role switches, and the SLO-aware choice needs the plugin's latency model
+(``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from disagg.instances import POLICIES, Instance, Pool
+
+logger = logging.getLogger(__name__)
+
+PROXIED = ("/generate", "/v1/completions", "/v1/chat/completions")
+FORWARD_HEADERS = ("authorization", "x-slo-ttft-ms", "x-slo-tpot-ms", "x-slo-class")
+POOL: web.AppKey[Pool] = web.AppKey("pool", Pool)
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+
+
+def batch_size(path: str, body: dict[str, Any]) -> int | None:
+    """Prompts in a batched ``/generate`` body (None: a single request)."""
+    if path != "/generate":
+        return None
+    text, ids = body.get("text"), body.get("input_ids")
+    if isinstance(text, list):
+        return len(text)
+    if isinstance(ids, list) and ids and isinstance(ids[0], list):
+        return len(ids)
+    return None
+
+
+def pd_body(body: dict[str, Any], prefill: Instance, n: int | None) -> dict[str, Any]:
+    """``body`` with the bootstrap fields that pair a prefill and a decode instance."""
+    out = dict(body)
+    rooms = [random.getrandbits(63) for _ in range(n or 1)]
+    if n is None:
+        out["bootstrap_host"], out["bootstrap_port"] = prefill.host, prefill.bootstrap_port
+        out["bootstrap_room"] = rooms[0]
+        out.setdefault("rid", uuid.uuid4().hex)  # NOTE: lets a failed leg abort the other
+    else:
+        out["bootstrap_host"] = [prefill.host] * n
+        out["bootstrap_port"] = [prefill.bootstrap_port] * n
+        out["bootstrap_room"] = rooms
+    return out
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[int, bytes, str]:
+    async with session.post(url, json=body, headers=headers) as r:
+        return r.status, await r.read(), r.content_type
+
+
+async def _abort(session: aiohttp.ClientSession, target: Instance, rid: Any) -> None:
+    if not isinstance(rid, str):
+        return
+    try:
+        async with session.post(f"{target.url}/abort_request", json={"rid": rid}) as r:
+            await r.read()
+    except aiohttp.ClientError as e:  # NOTE: best effort; the instance may be gone
+        logger.warning("dispatcher: abort of %s on %s failed: %s", rid, target.url, e)
+
+
+def _error(status: int, message: str) -> web.Response:
+    body = {"error": {"message": message, "type": "dispatcher_error", "code": status}}
+    return web.json_response(body, status=status)
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """One client request: route, fan out (P/D) or forward (collocated), answer."""
+    pool, session = request.app[POOL], request.app[SESSION]
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "request body must be JSON")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object")
+    headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_HEADERS}
+    path = request.path
+    try:
+        targets = pool.route()
+    except LookupError as e:
+        return _error(503, str(e))
+    pool.begin(targets)
+    try:
+        if len(targets) == 1:
+            return await _forward(request, session, targets[0], path, body, headers)
+        prefill, decode = targets
+        body = pd_body(body, prefill, batch_size(path, body))
+        return await _fan_out(request, session, prefill, decode, path, body, headers)
+    except aiohttp.ClientError as e:
+        return _error(502, f"instance unreachable: {e}")
+    finally:
+        pool.end(targets)
+
+
+async def _forward(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    target: Instance,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    if body.get("stream"):
+        async with session.post(target.url + path, json=body, headers=headers) as r:
+            return await _relay(request, r)
+    status, data, ctype = await _post(session, target.url + path, body, headers)
+    return web.Response(status=status, body=data, content_type=ctype)
+
+
+async def _fan_out(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    prefill: Instance,
+    decode: Instance,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Send ``body`` to both legs; answer with the decode leg (streamed when asked).
+
+    NOTE: each leg waits for the other (decode for the KV, prefill for decode's destination
+    pages) until SGLang's bootstrap timeout; so a leg that fails aborts the other at once."""
+    rid = body.get("rid")
+
+    async def prefill_leg() -> tuple[int, bytes, str]:
+        try:
+            out = await _post(session, prefill.url + path, body, headers)
+        except BaseException:
+            await _abort(session, decode, rid)
+            raise
+        if out[0] != 200:
+            await _abort(session, decode, rid)
+        return out
+
+    p_task = asyncio.ensure_future(prefill_leg())
+    try:
+        if body.get("stream"):
+            async with session.post(decode.url + path, json=body, headers=headers) as r:
+                if r.status != 200:
+                    await _abort(session, prefill, rid)
+                out = await _relay(request, r)
+            await p_task
+            return out
+        d_status, d_data, d_ctype = await _post(session, decode.url + path, body, headers)
+        if d_status != 200:
+            await _abort(session, prefill, rid)
+        p_status, p_data, p_ctype = await p_task
+        if p_status != 200:  # NOTE: the root cause (e.g. a 400 on a bad field) is the prefill's
+            return web.Response(status=p_status, body=p_data, content_type=p_ctype)
+        return web.Response(status=d_status, body=d_data, content_type=d_ctype)
+    except BaseException:
+        p_task.cancel()
+        await asyncio.shield(_abort_both(session, prefill, decode, rid))
+        raise
+
+
+async def _abort_both(
+    session: aiohttp.ClientSession, prefill: Instance, decode: Instance, rid: Any
+) -> None:
+    await asyncio.gather(_abort(session, decode, rid), _abort(session, prefill, rid))
+
+
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Stream an upstream response (SSE) to the client chunk by chunk."""
+    out = web.StreamResponse(status=upstream.status)
+    out.content_type = upstream.content_type
+    await out.prepare(request)
+    async for chunk in upstream.content.iter_any():
+        await out.write(chunk)
+    await out.write_eof()
+    return out
+
+
+async def models(request: web.Request) -> web.Response:
+    """``/v1/models`` etc.: answered by the first decode (or collocated) instance."""
+    pool, session = request.app[POOL], request.app[SESSION]
+    target = (pool.of("decode") or pool.of("collocated"))[0]
+    async with session.get(target.url + request.path) as r:
+        return web.Response(status=r.status, body=await r.read(), content_type=r.content_type)
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when every instance answers its ``/health``; else 503 naming the ones that do not."""
+    pool, session = request.app[POOL], request.app[SESSION]
+
+    async def ok(i: Instance) -> bool:
+        try:
+            async with session.get(f"{i.url}/health", timeout=aiohttp.ClientTimeout(5)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    results = await asyncio.gather(*(ok(i) for i in pool.instances))
+    down = [i.url for i, good in zip(pool.instances, results, strict=True) if not good]
+    return web.json_response({"down": down}, status=503 if down else 200)
+
+
+async def state(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    rows = [
+        {"url": i.url, "role": i.role, "in_flight": pool.in_flight[i.url]} for i in pool.instances
+    ]
+    return web.json_response({"policy": pool.policy.name, "instances": rows})
+
+
+def make_app(instances: Sequence[Instance], policy: str = "least-loaded") -> web.Application:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown dispatch policy {policy!r}; choose from {sorted(POLICIES)}")
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[POOL] = Pool(list(instances), POLICIES[policy]())
+
+    async def session_ctx(app: web.Application) -> Any:
+        # NOTE: no total timeout: a long generation is not an error; connect fails fast
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            app[SESSION] = session
+            yield
+
+    app.cleanup_ctx.append(session_ctx)
+    for path in PROXIED:
+        app.router.add_post(path, proxy)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/get_model_info", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/dispatcher/state", state)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prefill", action="append", default=[], help="URL,BOOTSTRAP_PORT")
+    parser.add_argument("--decode", action="append", default=[], help="URL of a decode instance")
+    parser.add_argument("--collocated", action="append", default=[], help="URL of a server")
+    parser.add_argument("--policy", default="least-loaded", choices=sorted(POLICIES))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    args = parser.parse_args(argv)
+    try:
+        instances = [
+            *(Instance.parse(s, "prefill") for s in args.prefill),
+            *(Instance.parse(s, "decode") for s in args.decode),
+            *(Instance.parse(s, "collocated") for s in args.collocated),
+        ]
+        app = make_app(instances, args.policy)
+    except ValueError as e:
+        parser.error(str(e))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    web.run_app(app, host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""P/D scenario for tests/test_pd_e2e.py; run INSIDE a loopback-only network namespace.
+
+    unshare -n sh -c 'ip link set lo up && exec python tests/pd_scenario.py OUT_DIR'
+
+(Mooncake's transfer engine and torch's TCP store listen on 0.0.0.0.) It starts a collocated
+server, a prefill and a decode instance (tiny llama, float32, Mooncake over TCP) and the
+dispatcher in front of the pair; sends the same greedy requests to the collocated server and
+to the dispatcher; stops everything; writes ``OUT_DIR/result.json`` for the test to judge.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from disagg.launcher import InstanceSpec, LocalProcessLauncher  # noqa: E402
+from mepic_sglang.models import ensure_tiny  # noqa: E402
+
+CPU_ARGS = ("--dtype", "float32", "--sleep-on-idle", "--max-total-tokens", "4096")
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"]
+MAX_NEW = 12
+
+
+def generate(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    r = requests.post(f"{url}/generate", json=body, timeout=300)
+    return r.status_code, r.json()
+
+
+def chat(url: str, stream: bool) -> str:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Count to five."}],
+        "max_tokens": MAX_NEW,
+        "temperature": 0,
+        "stream": stream,
+    }
+    r = requests.post(f"{url}/v1/chat/completions", json=body, timeout=300, stream=stream)
+    r.raise_for_status()
+    if not stream:
+        return str(r.json()["choices"][0]["message"]["content"])
+    parts = []
+    for line in r.iter_lines():
+        if line.startswith(b"data: ") and line != b"data: [DONE]":
+            delta = json.loads(line[6:])["choices"][0].get("delta", {})
+            parts.append(delta.get("content") or "")
+    return "".join(parts)
+
+
+def outputs(url: str) -> dict[str, Any]:
+    greedy = {"max_new_tokens": MAX_NEW, "temperature": 0}
+    single = [generate(url, {"text": p, "sampling_params": greedy}) for p in PROMPTS]
+    batch = generate(url, {"text": PROMPTS[:2], "sampling_params": greedy})
+    return {
+        "single": [(s, o.get("output_ids") if s == 200 else o) for s, o in single],
+        "batch": [o.get("output_ids") for o in batch[1]] if batch[0] == 200 else batch,
+        "chat": chat(url, stream=False),
+        "chat_stream": chat(url, stream=True),
+    }
+
+
+def main(out_dir: Path) -> None:
+    model = str(ensure_tiny("llama"))
+    launcher = LocalProcessLauncher()
+    specs = [
+        InstanceSpec(model, "collocated", 31500, nccl_port=31510, extra_args=CPU_ARGS),
+        InstanceSpec(model, "prefill", 31501, 31598, 31511, extra_args=CPU_ARGS),
+        InstanceSpec(model, "decode", 31502, None, 31512, extra_args=CPU_ARGS),
+    ]
+    handles = [launcher.start(s, out_dir / f"{s.role}.log") for s in specs]
+    dispatcher = None
+    result: dict[str, Any] = {}
+    try:
+        t0 = time.monotonic()
+        for h in handles:
+            launcher.wait_ready(h)
+        result["ready_s"] = time.monotonic() - t0
+        cmd = [sys.executable, "-m", "disagg.dispatcher", "--port", "31503"]
+        cmd += ["--prefill", f"{specs[1].url},{specs[1].bootstrap_port}"]
+        cmd += ["--decode", specs[2].url]
+        with (out_dir / "dispatcher.log").open("wb") as log:
+            dispatcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        url = "http://127.0.0.1:31503"
+        for _ in range(60):
+            try:
+                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        result["collocated"] = outputs(specs[0].url)
+        result["pd"] = outputs(url)
+        bad = {"text": "x", "sampling_params": {"max_new_tokens": -1}}
+        result["bad"] = generate(url, bad)
+        result["after_bad"] = generate(url, {"text": PROMPTS[0], "sampling_params": {
+            "max_new_tokens": MAX_NEW, "temperature": 0}})[1].get("output_ids")  # fmt: skip
+        result["state"] = requests.get(f"{url}/dispatcher/state", timeout=5).json()
+    except Exception as e:  # NOTE: reported to the test, which shows the logs
+        result["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        if dispatcher is not None:
+            dispatcher.terminate()
+            dispatcher.wait(30)
+        for h in handles:
+            launcher.stop(h, grace_s=20)
+        result["alive_after_stop"] = [launcher.alive(h) for h in handles]
+    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
