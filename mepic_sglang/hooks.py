@@ -27,6 +27,7 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | Scheduler.get_prefill_adder_class        | AFTER | clamp a prefill step to the SLO budget        |
 | Scheduler.run_batch                      | AROUND| step times -> the SLO latency model           |
 | PrefillBootstrapQueue.create_sender      | AFTER | P/D on CPU: no pinned host-index transfers    |
+| DecodeMixin._get_new_prebuilt_batch      | AROUND| P/D decode: SLO order, TPOT-guarded admission |
 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
@@ -193,6 +194,13 @@ HOOKS: tuple[HookSpec, ...] = (
         "AROUND",
         slo_hooks.around_run_batch,
         ("self", "batch", "pp_proxy_tensors"),
+    ),
+    HookSpec(
+        "sglang.srt.disaggregation.decode.SchedulerDisaggregationDecodeMixin"
+        "._get_new_prebuilt_batch",
+        "AROUND",
+        slo_hooks.around_get_new_prebuilt_batch,
+        ("self", "running_batch"),
     ),
     HookSpec(
         "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue.create_sender",

@@ -1,4 +1,8 @@
-"""Start-up checks of the SLO flags (``--slo-*``, ``--schedule-policy multi-slo``)."""
+"""Start-up checks of the SLO flags (``--slo-*``, ``--schedule-policy multi-slo``).
+
+With P/D, multi-slo runs in both stages: the prefill instance orders by TTFT slack and gives the
+arrival verdict; the decode instance admits arrived requests by TPOT (``decode_admission``).
+"""
 
 from __future__ import annotations
 
@@ -37,8 +41,6 @@ def problems(args: Any, server_args: Any) -> list[str]:
             "argument --enable-priority-scheduling: cannot be combined with --schedule-policy "
             "multi-slo (which orders and preempts by priority and SLO itself)"
         )
-    if getattr(server_args, "disaggregation_mode", None) not in (None, "null"):
-        out.append("argument --schedule-policy multi-slo: not supported with P/D yet")
     for name, cli in (("tp_size", "--tp-size"), ("pp_size", "--pp-size")):
         # NOTE: every rank would decide from its own clock; diverging decisions would hang
         # the ranks' collectives. Rank-0 decisions broadcast to the others: not built yet.

@@ -61,7 +61,8 @@ def around_add_request_to_queue(
 ) -> Any:
     """AROUND ``Scheduler._add_request_to_queue``: a new request meets the arrival decision."""
     runtime = runtime_of(scheduler)
-    if runtime is None or is_retracted or req.to_finish is not None:
+    if runtime is None or is_retracted or req.to_finish is not None or _decode_stage(scheduler):
+        # NOTE: a P/D decode instance never refuses: the prefill instance gave the verdict
         return original(scheduler, req, is_retracted)
     verdict = runtime.on_enqueue(scheduler, req)
     if verdict.action == "reject":
@@ -107,3 +108,27 @@ def around_run_batch(
         batch, start, time.perf_counter() - start, getattr(scheduler, "chunked_req", None)
     )
     return result
+
+
+def around_get_new_prebuilt_batch(
+    original: Callable[..., Any], scheduler: Any, running_batch: Any
+) -> Any:
+    """AROUND the P/D decode stage's ``_get_new_prebuilt_batch``: requests whose KV arrived
+    join the running batch in SLO order, as many as keep the running requests' TPOT."""
+    runtime = runtime_of(scheduler)
+    if runtime is None:
+        return original(scheduler, running_batch)
+    held = runtime.before_prebuilt(scheduler)
+    try:
+        batch = original(scheduler, running_batch)
+    finally:
+        if held:  # NOTE: SGLang reassigns the queue to what it did not take
+            scheduler.waiting_queue = list(scheduler.waiting_queue) + held
+    if batch is not None:
+        runtime.stamp_first_tokens(batch.reqs)
+    return batch
+
+
+def _decode_stage(scheduler: Any) -> bool:
+    mode = getattr(scheduler, "disaggregation_mode", None)
+    return str(getattr(mode, "value", mode)) == "decode"

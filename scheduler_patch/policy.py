@@ -11,6 +11,7 @@ objects, and never read a clock (``now`` is passed in). Decisions per scheduling
 | order            | before each prefill admission    | the waiting queue, most urgent first   |
 | prefill_budget   | before each prefill admission    | max new prefill tokens (or None)       |
 | victims          | the head request cannot fit      | running requests to preempt for it     |
+| decode_admission | P/D decode: before a new batch   | how many arrived requests may join     |
 
 Priorities follow SGLang's default: a higher ``priority`` value is more important.
 """
@@ -18,6 +19,7 @@ Priorities follow SGLang's default: a higher ``priority`` value is more importan
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -118,6 +120,11 @@ class SchedulingPolicy(ABC):
         """Running requests to preempt so that ``urgent`` gets ``need_tokens`` more KV tokens
         and ``need_slots`` request slots (empty: do not preempt)."""
         return []
+
+    def decode_admission(self, engine: EngineView) -> int | None:
+        """P/D decode stage: how many of ``engine.waiting`` (in queue order, their KV arrived)
+        may join the running batch this step (None: no limit of its own)."""
+        return None
 
 
 class FcfsPolicy(SchedulingPolicy):
@@ -300,6 +307,28 @@ class MultiSloPolicy(SchedulingPolicy):
         # NOTE: 0 means "decode this step": each decode step releases pace x (TPOT - step) of
         # every protected request's reserve.
         return fits
+
+    def decode_admission(self, engine: EngineView) -> int | None:
+        # NOTE: the decode-stage twin of the prefill budget: each request that joins makes every
+        # later decode step slower (one more request, its KV), so the longest prefix of the
+        # queue whose bigger batch still keeps the protected requests' TPOT joins; an idle
+        # engine always takes one.
+        if not self.model.calibrated("decode") or not engine.waiting:
+            return None
+        model, bs = self.model, len(engine.running)
+        kv = sum(r.kv_tokens for r in engine.running)
+        top = max((r.priority for r in engine.waiting if not r.best_effort), default=-math.inf)
+        step = model.decode(bs, kv)
+        protected = tpot_guard.guards(engine.running, engine.now, step, top, self.pace)
+        if not protected:
+            return None
+        joined = list(itertools.accumulate(r.kv_tokens for r in engine.waiting))
+
+        def keeps_tpot(k: int) -> bool:
+            per_step = model.decode(bs + k, kv + joined[k - 1]) if k else step
+            return tpot_guard.keeps_tpot(protected, self.safety, 0.0, per_step)
+
+        return max(_largest(keeps_tpot, len(engine.waiting)), 0 if engine.running else 1)
 
     def _queue_facts(self, engine: EngineView) -> tuple[float, float, int]:
         """(top priority, earliest deadline, that request's prefill tokens) of the queue, from

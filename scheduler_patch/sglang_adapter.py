@@ -10,6 +10,7 @@ functions in ``mepic_sglang/slo_hooks.py`` call it; it converts SGLang ``Req`` o
 | get_new_batch_prefill(running_batch)   | before_prefill  | order, preempt, budget (or skip)|
 | get_prefill_adder_class()(...)         | adder_class     | clamp the step's prefill tokens |
 | run_batch(batch)                       | on_step         | step cadence -> latency model   |
+| P/D decode: _get_new_prebuilt_batch    | before_prebuilt | order, hold back (TPOT guards)  |
 
 Clock: wall seconds (``time.time()``), the clock the tokenizer stamps arrivals with
 (``custom_params.slo_arrival``), so TTFT deadlines count from the HTTP request, not from the
@@ -55,6 +56,7 @@ class Counters:
     deferred: int = 0  # steps that ran decodes instead of a prefill (TPOT protection)
     preempted: int = 0
     budget_clamps: int = 0
+    held_decodes: int = 0  # P/D decode stage: request-steps held out of the running batch
     steps: dict[str, int] = field(default_factory=lambda: {"prefill": 0, "decode": 0})
 
 
@@ -189,6 +191,34 @@ class SloScheduler:
             )
         return bool(victims)
 
+    def before_prebuilt(self, scheduler: Any) -> list[Any]:
+        """P/D decode stage, before SGLang turns arrived requests into a batch: order the queue
+        and hold back the ones the policy does not admit this step (returned; the caller puts
+        them back behind what SGLang leaves in the queue)."""
+        waiting = scheduler.waiting_queue
+        if not waiting:
+            return []
+        now = time.time()
+        order = self.policy.order(self.engine_view(scheduler, now, waiting))
+        rank = {rid: i for i, rid in enumerate(order)}
+        waiting.sort(key=lambda r: rank[r.rid])
+        self.counters.reorders += 1
+        cap = self.policy.decode_admission(self.engine_view(scheduler, now, waiting))
+        if cap is None or cap >= len(waiting):
+            return []
+        held = waiting[cap:]
+        del waiting[cap:]
+        self.counters.held_decodes += len(held)
+        return held
+
+    def stamp_first_tokens(self, reqs: Any) -> None:
+        """Requests whose first token the client receives now (decode stage: joining a batch)."""
+        now = time.time()
+        for req in reqs:
+            state = self.req_slo(req, now)
+            if state.first_token_at is None:
+                state.first_token_at = now
+
     def take_budget(self) -> int | None:
         budget, self.pending_budget = self.pending_budget, None
         if budget is not None:
@@ -225,12 +255,7 @@ class SloScheduler:
         """
         sample = self._sample(batch, seconds)
         if sample is not None and sample.kind == "prefill":
-            now = time.time()
-            for req in batch.reqs:
-                if req is not chunked_req:
-                    state = self.req_slo(req, now)
-                    if state.first_token_at is None:
-                        state.first_token_at = now
+            self.stamp_first_tokens(r for r in batch.reqs if r is not chunked_req)
         last, self._last_step = self._last_step, (None if sample is None else (sample, start))
         if last is not None:
             prev, prev_start = last
@@ -268,6 +293,7 @@ class SloScheduler:
             "reorders": c.reorders,
             "deferred_prefills": c.deferred,
             "budget_clamps": c.budget_clamps,
+            "held_decodes": c.held_decodes,
             "steps": dict(c.steps),
             "latency_model": self.policy.model.state(),
         }

@@ -26,6 +26,11 @@ from disagg.launcher import InstanceSpec, LocalProcessLauncher  # noqa: E402
 from mepic_sglang.models import ensure_tiny  # noqa: E402
 
 CPU_ARGS = ("--dtype", "float32", "--sleep-on-idle", "--max-total-tokens", "4096")
+# the P/D pair runs the plugin's SLO scheduling in both stages (greedy outputs do not change)
+SLO_ARGS = (
+    "--schedule-policy", "multi-slo", "--slo-unattainable", "reject",
+    "--slo-classes", "interactive:ttft=60000,tpot=30000,priority=2;batch:priority=0",
+)  # fmt: skip
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"]
 MAX_NEW = 12
 
@@ -67,13 +72,37 @@ def outputs(url: str) -> dict[str, Any]:
     }
 
 
+def slo_requests(url: str) -> dict[str, Any]:
+    """Concurrent SLO requests through the pair, and one whose TTFT no server can meet (the
+    prefill stage answers 429; the dispatcher must abort the decode leg, not wait for it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[int, Any]:
+        params = {"max_new_tokens": MAX_NEW, "temperature": 0, "ignore_eos": True,
+                  "custom_params": {"slo_class": "interactive"}}  # fmt: skip
+        return generate(url, {"text": f"{i} " + PROMPTS[i % 3], "sampling_params": params})
+
+    with ThreadPoolExecutor(6) as pool:
+        done = list(pool.map(one, range(6)))
+    t0 = time.monotonic()
+    impossible = generate(url, {"text": PROMPTS[0], "sampling_params": {
+        "max_new_tokens": MAX_NEW, "custom_params": {"slo_ttft_ms": 1}}})  # fmt: skip
+    return {
+        "statuses": [s for s, _ in done],
+        "reports": [o["meta_info"].get("slo") for s, o in done if s == 200],
+        "tokens": [len(o["output_ids"]) for s, o in done if s == 200],
+        "impossible": impossible,
+        "impossible_s": time.monotonic() - t0,
+    }
+
+
 def main(out_dir: Path) -> None:
     model = str(ensure_tiny("llama"))
     launcher = LocalProcessLauncher()
     specs = [
         InstanceSpec(model, "collocated", 31500, nccl_port=31510, extra_args=CPU_ARGS),
-        InstanceSpec(model, "prefill", 31501, 31598, 31511, extra_args=CPU_ARGS),
-        InstanceSpec(model, "decode", 31502, None, 31512, extra_args=CPU_ARGS),
+        InstanceSpec(model, "prefill", 31501, 31598, 31511, extra_args=CPU_ARGS + SLO_ARGS),
+        InstanceSpec(model, "decode", 31502, None, 31512, extra_args=CPU_ARGS + SLO_ARGS),
     ]
     handles = [launcher.start(s, out_dir / f"{s.role}.log") for s in specs]
     dispatcher = None
@@ -101,6 +130,13 @@ def main(out_dir: Path) -> None:
         result["bad"] = generate(url, bad)
         result["after_bad"] = generate(url, {"text": PROMPTS[0], "sampling_params": {
             "max_new_tokens": MAX_NEW, "temperature": 0}})[1].get("output_ids")  # fmt: skip
+        result["slo"] = slo_requests(url)
+        result["stage_state"] = [
+            requests.get(f"{s.url}/server_info", timeout=30).json()["internal_states"][0][
+                "mepic_sglang"
+            ]["slo"]
+            for s in specs[1:]
+        ]
         result["state"] = requests.get(f"{url}/dispatcher/state", timeout=5).json()
     except Exception as e:  # NOTE: reported to the test, which shows the logs
         result["error"] = f"{type(e).__name__}: {e}"

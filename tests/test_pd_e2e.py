@@ -82,3 +82,24 @@ def test_pd_bad_request_is_a_400_and_the_pair_keeps_serving(scenario: dict) -> N
 
 def test_pd_every_process_stopped(scenario: dict) -> None:
     assert scenario["alive_after_stop"] == [False, False, False]
+
+
+def test_pd_multi_slo_in_both_stages(scenario: dict) -> None:
+    slo = scenario["slo"]
+    assert slo["statuses"] == [200] * 6, scenario["logs"]
+    assert slo["tokens"] == [12] * 6
+    assert all(r is not None and r["class"] == "interactive" for r in slo["reports"])
+    assert all(r["ttft_met"] and r["tpot_met"] for r in slo["reports"])
+    prefill, decode = scenario["stage_state"]
+    assert prefill["policy"] == decode["policy"] == "multi-slo"
+    assert prefill["steps"]["prefill"] > 0 and decode["steps"]["decode"] > 0
+    assert prefill["rejected"] >= 1 and decode["rejected"] == 0  # only the prefill stage refuses
+
+
+def test_pd_unattainable_slo_is_a_429_without_waiting_for_the_other_leg(scenario: dict) -> None:
+    status, body = scenario["slo"]["impossible"]
+    assert status == 429, body
+    assert "TTFT SLO" in json.dumps(body)
+    # NOTE: without the abort the decode leg would wait for its KV until SGLang's bootstrap
+    # timeout (300 s)
+    assert scenario["slo"]["impossible_s"] < 30

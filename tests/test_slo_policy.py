@@ -411,3 +411,28 @@ def test_budget_is_the_same_with_or_without_the_steps_order() -> None:
         warm = MultiSloPolicy(MODEL)
         warm.order(e)
         assert warm.prefill_budget(e) == cold
+
+
+def test_decode_admission_keeps_running_tpot() -> None:
+    # P/D decode stage: each arrived request that joins makes every decode step 1 ms slower; a
+    # running request with 6 decodes left and its last token due in 0.35 s admits the longest
+    # prefix whose bigger batch still keeps its TPOT (safety and paced reserve included)
+    running = [req("r", prompt=10, output_tokens=10, first_token_at=0.0, slo=slo(tpot=0.03))]
+    arrived = [req(f"w{i}", prompt=10, output_tokens=1) for i in range(30)]
+    policy, now = MultiSloPolicy(MODEL), 0.1
+    due = 0.03 * 15 - now - policy.pace * 6 * (0.03 - MODEL.decode(1, 20))
+
+    def fits(k: int) -> bool:  # the slow, obvious version
+        return policy.safety * 6 * MODEL.decode(1 + k, 20 + 11 * k) <= due
+
+    expected = max(k for k in range(31) if fits(k))
+    assert 0 < expected < 30
+    assert policy.decode_admission(engine(arrived, running, now=now)) == expected
+    # a more important arrival: the running request may slip, no limit
+    urgent = [req("u", prompt=10, output_tokens=1, slo=slo(priority=5)), *arrived]
+    assert policy.decode_admission(engine(urgent, running, now=now)) is None
+    # a running request that will miss anyway does not hold the others back
+    assert policy.decode_admission(engine(arrived, running, now=5.0)) is None
+    # nothing running: no limit; FCFS and priority set none either
+    assert policy.decode_admission(engine(arrived, [], now=now)) is None
+    assert POLICIES["priority"](MODEL).decode_admission(engine(arrived, running, now=now)) is None
