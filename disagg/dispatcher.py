@@ -29,14 +29,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from disagg.admin import POOL, SESSION, add_admin_routes
 from disagg.instances import POLICIES, Instance, Pool
+from disagg.poller import poll_forever, prompt_tokens
 
 logger = logging.getLogger(__name__)
 
 PROXIED = ("/generate", "/v1/completions", "/v1/chat/completions")
 FORWARD_HEADERS = ("authorization", "x-slo-ttft-ms", "x-slo-tpot-ms", "x-slo-class")
-POOL: web.AppKey[Pool] = web.AppKey("pool", Pool)
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 
 
 def batch_size(path: str, body: dict[str, Any]) -> int | None:
@@ -100,7 +100,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_HEADERS}
     path = request.path
     try:
-        targets = pool.route()
+        targets = pool.route(prompt_tokens(body))
     except LookupError as e:
         return _error(503, str(e))
     pool.begin(targets)
@@ -219,15 +219,9 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"down": down}, status=503 if down else 200)
 
 
-async def state(request: web.Request) -> web.Response:
-    pool = request.app[POOL]
-    rows = [
-        {"url": i.url, "role": i.role, "in_flight": pool.in_flight[i.url]} for i in pool.instances
-    ]
-    return web.json_response({"policy": pool.policy.name, "instances": rows})
-
-
-def make_app(instances: Sequence[Instance], policy: str = "least-loaded") -> web.Application:
+def make_app(
+    instances: Sequence[Instance], policy: str = "least-loaded", poll_interval: float = 0.5
+) -> web.Application:
     if policy not in POLICIES:
         raise ValueError(f"unknown dispatch policy {policy!r}; choose from {sorted(POLICIES)}")
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -238,7 +232,13 @@ def make_app(instances: Sequence[Instance], policy: str = "least-loaded") -> web
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             app[SESSION] = session
+            # NOTE: only the slo policy reads the instances' loads; the others add no traffic
+            poller = None
+            if policy == "slo":
+                poller = asyncio.ensure_future(poll_forever(session, app[POOL], poll_interval))
             yield
+            if poller is not None:
+                poller.cancel()
 
     app.cleanup_ctx.append(session_ctx)
     for path in PROXIED:
@@ -246,7 +246,7 @@ def make_app(instances: Sequence[Instance], policy: str = "least-loaded") -> web
     app.router.add_get("/v1/models", models)
     app.router.add_get("/get_model_info", models)
     app.router.add_get("/health", health)
-    app.router.add_get("/dispatcher/state", state)
+    add_admin_routes(app)
     return app
 
 
@@ -255,7 +255,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prefill", action="append", default=[], help="URL,BOOTSTRAP_PORT")
     parser.add_argument("--decode", action="append", default=[], help="URL of a decode instance")
     parser.add_argument("--collocated", action="append", default=[], help="URL of a server")
-    parser.add_argument("--policy", default="least-loaded", choices=sorted(POLICIES))
+    parser.add_argument(
+        "--policy",
+        default="least-loaded",
+        choices=sorted(POLICIES),
+        help="slo: least predicted wait / decode step from each instance's latency model",
+    )
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=30000)
     args = parser.parse_args(argv)
@@ -265,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             *(Instance.parse(s, "decode") for s in args.decode),
             *(Instance.parse(s, "collocated") for s in args.collocated),
         ]
-        app = make_app(instances, args.policy)
+        app = make_app(instances, args.policy, args.poll_interval)
     except ValueError as e:
         parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

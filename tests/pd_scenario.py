@@ -22,7 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from disagg.launcher import InstanceSpec, LocalProcessLauncher  # noqa: E402
+from disagg.launcher import Handle, InstanceSpec, LocalProcessLauncher  # noqa: E402
 from mepic_sglang.models import ensure_tiny  # noqa: E402
 
 CPU_ARGS = ("--dtype", "float32", "--sleep-on-idle", "--max-total-tokens", "4096")
@@ -33,6 +33,46 @@ SLO_ARGS = (
 )  # fmt: skip
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"]
 MAX_NEW = 12
+
+
+def start_dispatcher(
+    instances: list[str], url: str, policy: str, out_dir: Path
+) -> subprocess.Popen[bytes]:
+    """``python -m disagg.dispatcher`` on ``url``'s port, healthy when this returns."""
+    port = url.rsplit(":", 1)[1]
+    cmd = [sys.executable, "-m", "disagg.dispatcher", "--port", port, "--policy", policy]
+    with (out_dir / "dispatcher.log").open("wb") as log:
+        proc = subprocess.Popen([*cmd, *instances], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    wait_for(url)
+    return proc
+
+
+def stop_all(
+    result: dict[str, Any],
+    dispatcher: subprocess.Popen[bytes] | None,
+    launcher: LocalProcessLauncher,
+    handles: list[Handle],
+) -> None:
+    """Stop the dispatcher and every instance; record which are still alive (none should)."""
+    if dispatcher is not None:
+        dispatcher.terminate()
+        dispatcher.wait(30)
+    for h in handles:
+        launcher.stop(h, grace_s=20)
+    result["alive_after_stop"] = [launcher.alive(h) for h in handles]
+
+
+def wait_for(url: str, timeout_s: float = 60.0) -> None:
+    """Until the dispatcher at ``url`` answers ``/health`` with 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"dispatcher {url} not healthy in {timeout_s:.0f} s")
 
 
 def generate(url: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -112,18 +152,13 @@ def main(out_dir: Path) -> None:
         for h in handles:
             launcher.wait_ready(h)
         result["ready_s"] = time.monotonic() - t0
-        cmd = [sys.executable, "-m", "disagg.dispatcher", "--port", "31503"]
-        cmd += ["--prefill", f"{specs[1].url},{specs[1].bootstrap_port}"]
-        cmd += ["--decode", specs[2].url]
-        with (out_dir / "dispatcher.log").open("wb") as log:
-            dispatcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         url = "http://127.0.0.1:31503"
-        for _ in range(60):
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
+        dispatcher = start_dispatcher(
+            [f"--prefill={specs[1].url},{specs[1].bootstrap_port}", f"--decode={specs[2].url}"],
+            url,
+            "slo",
+            out_dir,
+        )
         result["collocated"] = outputs(specs[0].url)
         result["pd"] = outputs(url)
         bad = {"text": "x", "sampling_params": {"max_new_tokens": -1}}
@@ -137,16 +172,15 @@ def main(out_dir: Path) -> None:
             ]["slo"]
             for s in specs[1:]
         ]
-        result["state"] = requests.get(f"{url}/dispatcher/state", timeout=5).json()
+        for _ in range(40):  # NOTE: the poller reads a fitted model within a few polls
+            result["state"] = requests.get(f"{url}/dispatcher/state", timeout=5).json()
+            if all(row["model"] for row in result["state"]["instances"]):
+                break
+            time.sleep(0.5)
     except Exception as e:  # NOTE: reported to the test, which shows the logs
         result["error"] = f"{type(e).__name__}: {e}"
     finally:
-        if dispatcher is not None:
-            dispatcher.terminate()
-            dispatcher.wait(30)
-        for h in handles:
-            launcher.stop(h, grace_s=20)
-        result["alive_after_stop"] = [launcher.alive(h) for h in handles]
+        stop_all(result, dispatcher, launcher, handles)
     (out_dir / "result.json").write_text(json.dumps(result, indent=1))
 
 

@@ -40,13 +40,12 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("pd")
-    script = f"ip link set lo up && exec {sys.executable} tests/pd_scenario.py {out}"
+def run_in_netns(script: str, out: Path) -> dict:
+    """Run ``tests/<script> OUT`` in a loopback-only network namespace; its result.json."""
+    cmd = f"ip link set lo up && exec {sys.executable} tests/{script} {out}"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", script], cwd=ROOT, env=env, timeout=1200,
+        ["unshare", "-n", "sh", "-c", cmd], cwd=ROOT, env=env, timeout=1200,
         capture_output=True, text=True,
     )  # fmt: skip
     result_file = out / "result.json"
@@ -59,6 +58,16 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert "error" not in result, f"{result['error']}\n{logs}"
     result["logs"] = logs
     return result
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_in_netns("pd_scenario.py", tmp_path_factory.mktemp("pd"))
+
+
+@pytest.fixture(scope="module")
+def switch_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_in_netns("pd_switch_scenario.py", tmp_path_factory.mktemp("pd_switch"))
 
 
 def test_pd_matches_collocated_greedy_output(scenario: dict) -> None:
@@ -78,6 +87,16 @@ def test_pd_bad_request_is_a_400_and_the_pair_keeps_serving(scenario: dict) -> N
     assert scenario["after_bad"] == scenario["collocated"]["single"][0][1]
     # the dispatcher's in-flight counts went back to zero
     assert all(row["in_flight"] == 0 for row in scenario["state"]["instances"])
+
+
+def test_pd_slo_dispatch_reads_each_stage_latency_model(scenario: dict) -> None:
+    # --policy slo: the dispatcher polled /v1/loads and /server_info of both instances, and
+    # predicts the prefill wait and the decode step from their online latency models
+    state = scenario["state"]
+    assert state["policy"] == "slo"
+    for row in state["instances"]:
+        assert row["model"] is True, row
+        assert row["predicted_s"] is not None and 0 <= row["predicted_s"] < 60, row
 
 
 def test_pd_every_process_stopped(scenario: dict) -> None:
@@ -103,3 +122,23 @@ def test_pd_unattainable_slo_is_a_429_without_waiting_for_the_other_leg(scenario
     # NOTE: without the abort the decode leg would wait for its KV until SGLang's bootstrap
     # timeout (300 s)
     assert scenario["slo"]["impossible_s"] < 30
+
+
+def test_role_switch_under_load_loses_no_request(switch_scenario: dict) -> None:
+    result = switch_scenario
+    switch = result["switch"]
+    assert switch["status"] == 200 and switch["success"], (switch, result["logs"])
+    runs = result["runs"]
+    assert len(runs) == 36
+    assert all(status == 200 for _, status, _ in runs), result["logs"]
+    # every answer, before, during and after the switch, is the greedy reference
+    assert all(ids == result["reference"][k] for k, _, ids in runs)
+    assert result["after"] == result["reference"] * 2
+    roles = {row["url"]: row["role"] for row in result["state_end"]["instances"]}
+    assert sorted(roles.values()) == ["decode", "prefill", "prefill"]
+    switched = "http://127.0.0.1:31604"
+    assert roles[switched] == "prefill"
+    served = {row["url"]: row["served"] for row in result["state_after"]["instances"]}
+    end = {row["url"]: row["served"] for row in result["state_end"]["instances"]}
+    assert end[switched] > served[switched]  # it served as a prefill instance afterwards
+    assert result["alive_after_stop"] == [False, False, False]
