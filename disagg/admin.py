@@ -6,6 +6,7 @@
 | POST   | /dispatcher/instances   | {url, role, bootstrap_port?}              | 200 / 400         |
 | DELETE | /dispatcher/instances   | ?url=URL (stops routing; in flight ends)  | 200 / 404         |
 | POST   | /dispatcher/switch      | {url, new_role, bootstrap_port?}          | 200 / 409 report  |
+| POST   | /dispatcher/retire      | {url} (drain, then out of the pool)       | 200 / 409 report  |
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from disagg.instances import ROLES, Instance, Pool
-from disagg.roles import switch_role
+from disagg.roles import retire, switch_role
 
 POOL: web.AppKey[Pool] = web.AppKey("pool", Pool)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
@@ -89,8 +90,21 @@ async def switch(request: web.Request) -> web.Response:
     return web.json_response(report, status=200 if report["success"] else 409)
 
 
+async def retire_instance(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if body is None or "url" not in body:
+        return _bad(400, "body must be a JSON object {url}")
+    pool = request.app[POOL]
+    url = str(body["url"]).rstrip("/")
+    if all(i.url != url for i in pool.instances):
+        return _bad(404, f"{url} is not in the pool")
+    report = await retire(request.app[SESSION], pool, url)
+    return web.json_response(report, status=200 if report["success"] else 409)
+
+
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/dispatcher/state", state)
     app.router.add_post("/dispatcher/instances", add_instance)
     app.router.add_delete("/dispatcher/instances", remove_instance)
     app.router.add_post("/dispatcher/switch", switch)
+    app.router.add_post("/dispatcher/retire", retire_instance)

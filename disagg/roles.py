@@ -1,4 +1,4 @@
-"""P<->D role switch of a running instance, without losing a request.
+"""Taking an instance out of service without losing a request: P<->D role switch, scale-in.
 
 SGLang 0.5.23's ``POST /pd_role_switch`` flips a P/D instance's role in place (KV pool and
 weights stay; ~0.2-0.5 s on CPU), but only when the instance is fully idle, and it does not
@@ -14,7 +14,9 @@ also gives each its own bootstrap server on ``--disaggregation-bootstrap-port``)
 | 4    | route to it again, in its new role                   | -                           |
 
 No accepted request is dropped: routing stops before the switch, and SGLang refuses to switch
-while anything is queued there.
+while anything is queued there. Scale-in (:func:`retire`) is steps 1-2: the instance is out of
+the pool once drained, and its launcher stops it (SGLang itself would still accept requests
+during a SIGTERM drain).
 """
 
 from __future__ import annotations
@@ -43,6 +45,38 @@ async def _idle(session: aiohttp.ClientSession, url: str) -> bool:
     return busy == 0
 
 
+async def drain(
+    session: aiohttp.ClientSession, pool: Pool, url: str, timeout_s: float = DRAIN_TIMEOUT_S
+) -> float | None:
+    """Wait until the dispatcher's requests at ``url`` finished and SGLang reports it idle
+    (the caller stopped routing to it first). Seconds it took, or None on timeout."""
+    t0 = time.monotonic()
+    while pool.in_flight.get(url, 0) > 0 or not await _idle(session, url):
+        if time.monotonic() - t0 > timeout_s:
+            return None
+        await asyncio.sleep(POLL_S)
+    return time.monotonic() - t0
+
+
+async def retire(
+    session: aiohttp.ClientSession, pool: Pool, url: str, timeout_s: float = DRAIN_TIMEOUT_S
+) -> dict[str, Any]:
+    """Scale-in: stop routing to ``url`` and wait until it drained; then whoever launched it
+    may stop it. On timeout it is routed to again (nothing is dropped either way)."""
+    if _last_of_its_role(pool, url):
+        return {"success": False, "message": f"{url} is the last instance of its role"}
+    old = pool.remove(url)
+    try:
+        took = await drain(session, pool, url, timeout_s)
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as e:
+        pool.add(old)
+        return {"success": False, "message": f"drain failed: {e}"}
+    if took is None:
+        pool.add(old)
+        return {"success": False, "message": f"not drained in {timeout_s:.0f} s"}
+    return {"success": True, "message": f"{url} drained and out of the pool", "drain_s": took}
+
+
 async def switch_role(
     session: aiohttp.ClientSession,
     pool: Pool,
@@ -56,6 +90,8 @@ async def switch_role(
     pool either way (in its old role when the switch did not happen)."""
     if new_role not in ("prefill", "decode"):
         return {"success": False, "message": f"new_role must be prefill or decode: {new_role!r}"}
+    if _last_of_its_role(pool, url):
+        return {"success": False, "message": f"{url} is the last instance of its role"}
     old = pool.remove(url)
     port = bootstrap_port if bootstrap_port is not None else old.bootstrap_port
     if new_role == "prefill" and port is None:
@@ -64,12 +100,11 @@ async def switch_role(
     t0 = time.monotonic()
     deadline = t0 + drain_timeout_s
     try:
-        while pool.in_flight.get(url, 0) > 0 or not await _idle(session, url):
-            if time.monotonic() > deadline:
-                pool.add(old)
-                return {"success": False, "message": f"not drained in {drain_timeout_s:.0f} s"}
-            await asyncio.sleep(POLL_S)
-        drain_s = time.monotonic() - t0
+        took = await drain(session, pool, url, drain_timeout_s)
+        if took is None:
+            pool.add(old)
+            return {"success": False, "message": f"not drained in {drain_timeout_s:.0f} s"}
+        drain_s = took
         # NOTE: no decode graphs on CPU (or when not capturing); SGLang requires the field
         body = {"new_role": new_role, "decode_cuda_graph_memory_gb": 0}
         while True:
@@ -91,3 +126,8 @@ async def switch_role(
         "drain_s": drain_s,
         "switch_s": time.monotonic() - t0 - drain_s,
     }
+
+
+def _last_of_its_role(pool: Pool, url: str) -> bool:
+    role = next(i.role for i in pool.instances if i.url == url)
+    return len(pool.of(role)) == 1

@@ -3,7 +3,8 @@ namespace (see tests/pd_scenario.py).
 
 1 prefill + 2 decode instances (tiny llama, ``--enable-pd-role-switch``) behind the dispatcher;
 requests keep coming from 4 client threads while the dispatcher switches the second decode
-instance to prefill (``POST /dispatcher/switch``). Writes ``OUT_DIR/result.json``.
+instance to prefill (``POST /dispatcher/switch``); then the first prefill instance is retired
+(scale-in, ``POST /dispatcher/retire``) while long requests run. Writes ``OUT_DIR/result.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,36 @@ from tests.pd_scenario import (  # noqa: E402
 SWITCH_ARGS = (*CPU_ARGS, "--enable-pd-role-switch")
 URL = "http://127.0.0.1:31603"
 REQUESTS = 36
+
+
+def scale_in(victim: str) -> dict[str, Any]:
+    """Retire ``victim`` (a prefill instance) while two long requests are in flight (round
+    robin puts one on it): the retire returns once it drained; nothing is dropped."""
+    long = {"max_new_tokens": 200, "temperature": 0, "ignore_eos": True}
+    finished: list[float] = []
+
+    def one(p: str) -> tuple[int, int]:
+        status, out = generate(URL, {"text": p, "sampling_params": long})
+        finished.append(time.monotonic())
+        return status, len(out.get("output_ids") or []) if status == 200 else 0
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(one, p) for p in PROMPTS[:2]]
+        time.sleep(0.5)  # NOTE: both routed by now
+        r = requests.post(f"{URL}/dispatcher/retire", json={"url": victim}, timeout=300)
+        retired_at = time.monotonic()
+        longs = [f.result() for f in futures]
+    greedy = {"max_new_tokens": MAX_NEW, "temperature": 0}
+    return {
+        "retire": {"status": r.status_code, **r.json()},
+        "long": longs,
+        "retired_after_a_long_one_finished": retired_at >= min(finished),
+        "after_retire": [
+            generate(URL, {"text": p, "sampling_params": greedy})[1].get("output_ids")
+            for p in PROMPTS
+        ],
+        "state_retired": requests.get(f"{URL}/dispatcher/state", timeout=10).json(),
+    }
 
 
 def main(out_dir: Path) -> None:
@@ -87,6 +118,7 @@ def main(out_dir: Path) -> None:
             for p in PROMPTS * 2
         ]
         result["state_end"] = requests.get(f"{URL}/dispatcher/state", timeout=10).json()
+        result.update(scale_in(specs[0].url))
     except Exception as e:  # NOTE: reported to the test, which shows the logs
         result["error"] = f"{type(e).__name__}: {e}"
     finally:

@@ -162,6 +162,9 @@ def test_admin_api_adds_removes_and_refuses_bad_input() -> None:
                 "/dispatcher/switch", json={"url": "http://127.0.0.1:1", "new_role": "prefill"}
             )
             assert unknown.status == 404
+            last = await client.post("/dispatcher/retire", json={"url": D.url})
+            assert last.status == 409 and "last instance" in (await last.text())
+            assert (await client.post("/dispatcher/instances", json=d2)).status == 200
             # nothing listens at D: the switch fails and D stays in the pool in its old role
             body = {"url": D.url, "new_role": "prefill", "bootstrap_port": 9997}
             failed = await client.post("/dispatcher/switch", json=body)

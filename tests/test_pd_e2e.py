@@ -142,3 +142,14 @@ def test_role_switch_under_load_loses_no_request(switch_scenario: dict) -> None:
     end = {row["url"]: row["served"] for row in result["state_end"]["instances"]}
     assert end[switched] > served[switched]  # it served as a prefill instance afterwards
     assert result["alive_after_stop"] == [False, False, False]
+
+
+def test_scale_in_drains_before_the_instance_leaves(switch_scenario: dict) -> None:
+    result = switch_scenario
+    retire = result["retire"]
+    assert retire["status"] == 200 and retire["success"], (retire, result["logs"])
+    assert [list(x) for x in result["long"]] == [[200, 200]] * 2  # (status, tokens): none dropped
+    assert result["retired_after_a_long_one_finished"]  # it waited for the one it held
+    assert result["after_retire"] == result["reference"]  # the rest of the pool serves
+    urls = [row["url"] for row in result["state_retired"]["instances"]]
+    assert "http://127.0.0.1:31601" not in urls and len(urls) == 2
