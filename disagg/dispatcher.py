@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -36,6 +37,7 @@ from disagg.poller import poll_forever, prompt_tokens
 logger = logging.getLogger(__name__)
 
 PROXIED = ("/generate", "/v1/completions", "/v1/chat/completions")
+ABORT_RETRIES_S = (0.2, 1.0, 3.0, 10.0)  # waits between aborts of a leg that has not returned
 FORWARD_HEADERS = ("authorization", "x-slo-ttft-ms", "x-slo-tpot-ms", "x-slo-class")
 
 
@@ -63,6 +65,7 @@ def pd_body(body: dict[str, Any], prefill: Instance, n: int | None) -> dict[str,
         out["bootstrap_host"] = [prefill.host] * n
         out["bootstrap_port"] = [prefill.bootstrap_port] * n
         out["bootstrap_room"] = rooms
+        out.setdefault("rid", [uuid.uuid4().hex for _ in range(n)])
     return out
 
 
@@ -74,13 +77,28 @@ async def _post(
 
 
 async def _abort(session: aiohttp.ClientSession, target: Instance, rid: Any) -> None:
-    if not isinstance(rid, str):
-        return
-    try:
-        async with session.post(f"{target.url}/abort_request", json={"rid": rid}) as r:
-            await r.read()
-    except aiohttp.ClientError as e:  # NOTE: best effort; the instance may be gone
-        logger.warning("dispatcher: abort of %s on %s failed: %s", rid, target.url, e)
+    rids = [rid] if isinstance(rid, str) else rid if isinstance(rid, list) else []
+    for one in rids:
+        if not isinstance(one, str):
+            continue
+        try:
+            async with session.post(f"{target.url}/abort_request", json={"rid": one}) as r:
+                await r.read()
+        except aiohttp.ClientError as e:  # NOTE: best effort; the instance may be gone
+            logger.warning("dispatcher: abort of %s on %s failed: %s", one, target.url, e)
+
+
+async def _abort_until_done(
+    session: aiohttp.ClientSession, target: Instance, rid: Any, leg: asyncio.Future[Any]
+) -> None:
+    """Abort ``rid`` on ``target`` until its ``leg`` returns: an abort that arrives before the
+    instance registered the request is dropped by SGLang."""
+    for delay in ABORT_RETRIES_S:
+        await _abort(session, target, rid)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(leg), delay)
+        if leg.done():
+            return
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -143,37 +161,39 @@ async def _fan_out(
     """Send ``body`` to both legs; answer with the decode leg (streamed when asked).
 
     NOTE: each leg waits for the other (decode for the KV, prefill for decode's destination
-    pages) until SGLang's bootstrap timeout; so a leg that fails aborts the other at once."""
+    pages) until SGLang's bootstrap timeout; so a leg that fails aborts the other at once, and
+    again until it returns. A prefill error is the one the client sees (the root cause)."""
     rid = body.get("rid")
-
-    async def prefill_leg() -> tuple[int, bytes, str]:
-        try:
-            out = await _post(session, prefill.url + path, body, headers)
-        except BaseException:
-            await _abort(session, decode, rid)
-            raise
-        if out[0] != 200:
-            await _abort(session, decode, rid)
-        return out
-
-    p_task = asyncio.ensure_future(prefill_leg())
+    p_task = asyncio.ensure_future(_post(session, prefill.url + path, body, headers))
+    d_task = asyncio.ensure_future(session.post(decode.url + path, json=body, headers=headers))
     try:
-        if body.get("stream"):
-            async with session.post(decode.url + path, json=body, headers=headers) as r:
-                if r.status != 200:
-                    await _abort(session, prefill, rid)
-                out = await _relay(request, r)
-            await p_task
-            return out
-        d_status, d_data, d_ctype = await _post(session, decode.url + path, body, headers)
-        if d_status != 200:
-            await _abort(session, prefill, rid)
-        p_status, p_data, p_ctype = await p_task
-        if p_status != 200:  # NOTE: the root cause (e.g. a 400 on a bad field) is the prefill's
-            return web.Response(status=p_status, body=p_data, content_type=p_ctype)
-        return web.Response(status=d_status, body=d_data, content_type=d_ctype)
+        await asyncio.wait({p_task, d_task}, return_when=asyncio.FIRST_COMPLETED)
+        if p_task.done() and (p_task.exception() or p_task.result()[0] != 200):
+            await _abort_until_done(session, decode, rid, d_task)
+            if d_task.done() and d_task.exception() is None:
+                d_task.result().release()
+            if p_task.exception() is None:
+                p_status, p_data, p_ctype = p_task.result()
+                return web.Response(status=p_status, body=p_data, content_type=p_ctype)
+            raise p_task.exception()  # type: ignore[misc]
+        async with await d_task as r:
+            if r.status != 200:
+                await _abort_until_done(session, prefill, rid, p_task)
+                return web.Response(
+                    status=r.status, body=await r.read(), content_type=r.content_type
+                )
+            # NOTE: no token can come before the prefill finished: waiting for its status
+            # costs nothing, and a prefill error is then still a proper HTTP error
+            p_status, p_data, p_ctype = await p_task
+            if p_status != 200:
+                await _abort(session, decode, rid)
+                return web.Response(status=p_status, body=p_data, content_type=p_ctype)
+            if body.get("stream"):
+                return await _relay(request, r)
+            return web.Response(status=200, body=await r.read(), content_type=r.content_type)
     except BaseException:
         p_task.cancel()
+        d_task.cancel()
         await asyncio.shield(_abort_both(session, prefill, decode, rid))
         raise
 
@@ -189,9 +209,15 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
     out = web.StreamResponse(status=upstream.status)
     out.content_type = upstream.content_type
     await out.prepare(request)
-    async for chunk in upstream.content.iter_any():
-        await out.write(chunk)
-    await out.write_eof()
+    try:
+        async for chunk in upstream.content.iter_any():
+            await out.write(chunk)
+        await out.write_eof()
+    except (aiohttp.ClientError, ConnectionError) as e:
+        # NOTE: headers are out: no error response can follow; end the connection instead
+        logger.warning("dispatcher: stream from upstream broke: %s", e)
+        if request.transport is not None:
+            request.transport.close()
     return out
 
 

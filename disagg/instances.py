@@ -176,6 +176,12 @@ class Pool:
         """Route to ``instance`` from now on (its counts start at 0)."""
         if any(i.url == instance.url for i in self.instances):
             raise ValueError(f"{instance.url} is already in the pool")
+        pd = instance.role != "collocated"
+        if self.instances and pd != any(i.role != "collocated" for i in self.instances):
+            raise ValueError("a dispatcher serves either P/D pairs or collocated instances")
+        port = instance.bootstrap_port
+        if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+            raise ValueError(f"bootstrap_port must be a port number, got {port!r}")
         self.instances.append(instance)
         self.in_flight.setdefault(instance.url, 0)
         self.stats[instance.url] = InstanceStats()

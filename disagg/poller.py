@@ -82,6 +82,9 @@ async def poll_once(session: aiohttp.ClientSession, pool: Pool, poll: int = 0) -
 async def poll_forever(session: aiohttp.ClientSession, pool: Pool, interval: float = 0.5) -> None:
     n = 0
     while True:
-        await poll_once(session, pool, n)
+        try:
+            await poll_once(session, pool, n)
+        except Exception:  # NOTE: a bad answer must not end the polling for good
+            logger.warning("dispatcher: poll %d failed", n, exc_info=True)
         n += 1
         await asyncio.sleep(interval)

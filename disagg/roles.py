@@ -34,8 +34,11 @@ DRAIN_TIMEOUT_S = 120.0
 POLL_S = 0.2
 
 
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=10)  # NOTE: a silent instance must not block a drain
+
+
 async def _idle(session: aiohttp.ClientSession, url: str) -> bool:
-    async with session.get(f"{url}/v1/loads?include=core,disagg") as r:
+    async with session.get(f"{url}/v1/loads?include=core,disagg", timeout=CALL_TIMEOUT) as r:
         loads = (await r.json())["loads"]
     busy = 0
     for x in loads:
@@ -68,7 +71,7 @@ async def retire(
     old = pool.remove(url)
     try:
         took = await drain(session, pool, url, timeout_s)
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as e:
+    except Exception as e:  # NOTE: any failure: routed to again, nothing dropped
         pool.add(old)
         return {"success": False, "message": f"drain failed: {e}"}
     if took is None:
@@ -108,17 +111,25 @@ async def switch_role(
         # NOTE: no decode graphs on CPU (or when not capturing); SGLang requires the field
         body = {"new_role": new_role, "decode_cuda_graph_memory_gb": 0}
         while True:
-            async with session.post(f"{url}/pd_role_switch", json=body) as r:
+            post = session.post(f"{url}/pd_role_switch", json=body, timeout=CALL_TIMEOUT)
+            async with post as r:
                 out = await r.json(content_type=None)
-            if out.get("success") or not out.get("safe_to_restore") or time.monotonic() > deadline:
+            if not isinstance(out, dict):
+                raise ValueError(f"unexpected answer {out!r}")
+            not_idle = "not idle" in str(out.get("message"))
+            if out.get("success") or not not_idle or time.monotonic() > deadline:
                 break
-            await asyncio.sleep(POLL_S)  # NOTE: "not idle": a request slipped in; retry
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as e:
+            await asyncio.sleep(POLL_S)  # NOTE: a request slipped in before routing stopped
+    except Exception as e:  # NOTE: any failure before the switch: back in its old role
         pool.add(old)
         return {"success": False, "message": f"switch failed: {e}"}
     if not out.get("success"):
+        message = str(out.get("message"))
+        if not out.get("safe_to_restore"):
+            # NOTE: SGLang says the instance is unhealthy (restart required): not routed to
+            return {"success": False, "message": message, "unhealthy": True}
         pool.add(old)
-        return {"success": False, "message": str(out.get("message")), "drain_s": drain_s}
+        return {"success": False, "message": message, "drain_s": drain_s}
     pool.add(replace(old, role=new_role, bootstrap_port=port))
     return {
         "success": True,

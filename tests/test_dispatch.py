@@ -55,6 +55,16 @@ def test_least_loaded_pairs_and_counts() -> None:
         pool.check_integrity()
 
 
+def test_pool_add_keeps_the_rules() -> None:
+    pool = Pool([P, D])
+    with pytest.raises(ValueError, match="either"):
+        pool.add(Instance("http://127.0.0.1:9005", "collocated"))
+    with pytest.raises(ValueError, match="port number"):
+        pool.add(Instance("http://127.0.0.1:9006", "prefill", 70000))
+    pool.add(Instance("http://127.0.0.1:9007", "prefill", 9997))
+    assert len(pool.of("prefill")) == 2
+
+
 def test_round_robin_collocated() -> None:
     a, b = (Instance(f"http://127.0.0.1:{p}", "collocated") for p in (9101, 9102))
     pool = Pool([a, b], RoundRobin())
@@ -73,7 +83,8 @@ def test_pd_body_single_and_batch() -> None:
     assert n == 3
     batch = pd_body(body, P, n)
     assert batch["bootstrap_host"] == ["127.0.0.1"] * 3 and len(set(batch["bootstrap_room"])) == 3
-    assert "rid" not in batch and "bootstrap_room" not in body  # the client's body is untouched
+    assert len(set(batch["rid"])) == 3  # so a failed leg can abort each of them
+    assert "bootstrap_room" not in body  # the client's body is untouched
     assert batch_size("/generate", {"input_ids": [[1, 2], [3]]}) == 2
     assert batch_size("/generate", {"input_ids": [1, 2]}) is None
     assert batch_size("/v1/completions", {"prompt": ["a", "b"]}) is None
