@@ -19,6 +19,7 @@ scheduler's receipt.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -198,12 +199,14 @@ class SloScheduler:
         waiting = scheduler.waiting_queue
         if not waiting:
             return []
-        now = time.time()
-        order = self.policy.order(self.engine_view(scheduler, now, waiting))
+        engine = self.engine_view(scheduler, time.time(), waiting)
+        order = self.policy.order(engine)
         rank = {rid: i for i, rid in enumerate(order)}
         waiting.sort(key=lambda r: rank[r.rid])
         self.counters.reorders += 1
-        cap = self.policy.decode_admission(self.engine_view(scheduler, now, waiting))
+        # NOTE: the same view with the queue in its new order (views are per request)
+        ordered = sorted(engine.waiting, key=lambda v: rank[v.rid])
+        cap = self.policy.decode_admission(dataclasses.replace(engine, waiting=ordered))
         if cap is None or cap >= len(waiting):
             return []
         held = waiting[cap:]

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +137,18 @@ def slo_requests(url: str) -> dict[str, Any]:
     }
 
 
-def main(out_dir: Path) -> None:
-    model = str(ensure_tiny("llama"))
+def run(
+    out_dir: Path,
+    specs: list[InstanceSpec],
+    dispatcher_args: list[str],
+    url: str,
+    policy: str,
+    body: Callable[[dict[str, Any]], None],
+) -> None:
+    """Start ``specs`` and a dispatcher on ``url``, run ``body(result)``, stop everything,
+    write ``OUT_DIR/result.json`` (an exception is recorded for the test, which shows logs)."""
     launcher = LocalProcessLauncher()
-    specs = [
-        InstanceSpec(model, "collocated", 31500, nccl_port=31510, extra_args=CPU_ARGS),
-        InstanceSpec(model, "prefill", 31501, 31598, 31511, extra_args=CPU_ARGS + SLO_ARGS),
-        InstanceSpec(model, "decode", 31502, None, 31512, extra_args=CPU_ARGS + SLO_ARGS),
-    ]
-    handles = [launcher.start(s, out_dir / f"{s.role}.log") for s in specs]
+    handles = [launcher.start(s, out_dir / f"{s.role}-{s.port}.log") for s in specs]
     dispatcher = None
     result: dict[str, Any] = {}
     try:
@@ -152,13 +156,25 @@ def main(out_dir: Path) -> None:
         for h in handles:
             launcher.wait_ready(h)
         result["ready_s"] = time.monotonic() - t0
-        url = "http://127.0.0.1:31503"
-        dispatcher = start_dispatcher(
-            [f"--prefill={specs[1].url},{specs[1].bootstrap_port}", f"--decode={specs[2].url}"],
-            url,
-            "slo",
-            out_dir,
-        )
+        dispatcher = start_dispatcher(dispatcher_args, url, policy, out_dir)
+        body(result)
+    except Exception as e:  # NOTE: reported to the test, which shows the logs
+        result["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        stop_all(result, dispatcher, launcher, handles)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+
+
+def main(out_dir: Path) -> None:
+    model = str(ensure_tiny("llama"))
+    specs = [
+        InstanceSpec(model, "collocated", 31500, nccl_port=31510, extra_args=CPU_ARGS),
+        InstanceSpec(model, "prefill", 31501, 31598, 31511, extra_args=CPU_ARGS + SLO_ARGS),
+        InstanceSpec(model, "decode", 31502, None, 31512, extra_args=CPU_ARGS + SLO_ARGS),
+    ]
+    url = "http://127.0.0.1:31503"
+
+    def body(result: dict[str, Any]) -> None:
         result["collocated"] = outputs(specs[0].url)
         result["pd"] = outputs(url)
         bad = {"text": "x", "sampling_params": {"max_new_tokens": -1}}
@@ -177,11 +193,9 @@ def main(out_dir: Path) -> None:
             if all(row["model"] for row in result["state"]["instances"]):
                 break
             time.sleep(0.5)
-    except Exception as e:  # NOTE: reported to the test, which shows the logs
-        result["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        stop_all(result, dispatcher, launcher, handles)
-    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+
+    pd_args = [f"--prefill={specs[1].url},{specs[1].bootstrap_port}", f"--decode={specs[2].url}"]
+    run(out_dir, specs, pd_args, url, "slo", body)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ instance to prefill (``POST /dispatcher/switch``); then the first prefill instan
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -22,15 +21,14 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from disagg.launcher import InstanceSpec, LocalProcessLauncher  # noqa: E402
+from disagg.launcher import InstanceSpec  # noqa: E402
 from mepic_sglang.models import ensure_tiny  # noqa: E402
 from tests.pd_scenario import (  # noqa: E402
     CPU_ARGS,
     MAX_NEW,
     PROMPTS,
     generate,
-    start_dispatcher,
-    stop_all,
+    run,
 )
 
 SWITCH_ARGS = (*CPU_ARGS, "--enable-pd-role-switch")
@@ -70,25 +68,13 @@ def scale_in(victim: str) -> dict[str, Any]:
 
 def main(out_dir: Path) -> None:
     model = str(ensure_tiny("llama"))
-    launcher = LocalProcessLauncher()
     specs = [
         InstanceSpec(model, "prefill", 31601, 31698, 31611, extra_args=SWITCH_ARGS),
         InstanceSpec(model, "decode", 31602, 31697, 31612, extra_args=SWITCH_ARGS),
         InstanceSpec(model, "decode", 31604, 31696, 31614, extra_args=SWITCH_ARGS),
     ]
-    handles = [launcher.start(s, out_dir / f"{s.role}-{s.port}.log") for s in specs]
-    dispatcher = None
-    result: dict[str, Any] = {}
-    try:
-        for h in handles:
-            launcher.wait_ready(h)
-        dispatcher = start_dispatcher(
-            [f"--prefill={specs[0].url},{specs[0].bootstrap_port}"]
-            + [f"--decode={s.url}" for s in specs[1:]],
-            URL,
-            "round-robin",
-            out_dir,
-        )
+
+    def body(result: dict[str, Any]) -> None:
         greedy = {"max_new_tokens": MAX_NEW, "temperature": 0}
         reference = [generate(URL, {"text": p, "sampling_params": greedy})[1] for p in PROMPTS]
         result["reference"] = [r.get("output_ids") for r in reference]
@@ -105,8 +91,8 @@ def main(out_dir: Path) -> None:
             done.wait(300)
             before = requests.get(f"{URL}/dispatcher/state", timeout=10).json()
             t0 = time.monotonic()
-            body = {"url": specs[2].url, "new_role": "prefill", "bootstrap_port": 31696}
-            r = requests.post(f"{URL}/dispatcher/switch", json=body, timeout=300)
+            switch = {"url": specs[2].url, "new_role": "prefill", "bootstrap_port": 31696}
+            r = requests.post(f"{URL}/dispatcher/switch", json=switch, timeout=300)
             wall = time.monotonic() - t0
             result["switch"] = {"status": r.status_code, **r.json(), "wall_s": wall}
             result["runs"] = [f.result() for f in futures]
@@ -119,11 +105,9 @@ def main(out_dir: Path) -> None:
         ]
         result["state_end"] = requests.get(f"{URL}/dispatcher/state", timeout=10).json()
         result.update(scale_in(specs[0].url))
-    except Exception as e:  # NOTE: reported to the test, which shows the logs
-        result["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        stop_all(result, dispatcher, launcher, handles)
-    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+
+    args = [f"--prefill={specs[0].url},{specs[0].bootstrap_port}"]
+    run(out_dir, specs, args + [f"--decode={s.url}" for s in specs[1:]], URL, "round-robin", body)
 
 
 if __name__ == "__main__":
