@@ -23,7 +23,7 @@ POOL: web.AppKey[Pool] = web.AppKey("pool", Pool)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 
 
-def _bad(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
@@ -55,16 +55,16 @@ async def state(request: web.Request) -> web.Response:
 async def add_instance(request: web.Request) -> web.Response:
     body = await _body(request)
     if body is None:
-        return _bad(400, "body must be a JSON object {url, role, bootstrap_port?}")
+        return error_response(400, "body must be a JSON object {url, role, bootstrap_port?}")
     try:
         port = body.get("bootstrap_port")
         role = body.get("role")
         if role not in ROLES:
-            return _bad(400, f"role must be one of {ROLES}, got {role!r}")
+            return error_response(400, f"role must be one of {ROLES}, got {role!r}")
         instance = Instance(str(body.get("url", "")).rstrip("/"), role, port)
         request.app[POOL].add(instance)
     except (ValueError, TypeError) as e:
-        return _bad(400, str(e))
+        return error_response(400, str(e))
     return web.json_response({"added": instance.url, "role": instance.role})
 
 
@@ -72,18 +72,18 @@ async def remove_instance(request: web.Request) -> web.Response:
     try:
         gone = request.app[POOL].remove(request.query.get("url", "").rstrip("/"))
     except LookupError as e:
-        return _bad(404, str(e))
+        return error_response(404, str(e))
     return web.json_response({"removed": gone.url})
 
 
 async def switch(request: web.Request) -> web.Response:
     body = await _body(request)
     if body is None or "url" not in body or "new_role" not in body:
-        return _bad(400, "body must be a JSON object {url, new_role, bootstrap_port?}")
+        return error_response(400, "body must be a JSON object {url, new_role, bootstrap_port?}")
     pool = request.app[POOL]
     url = str(body["url"]).rstrip("/")
     if all(i.url != url for i in pool.instances):
-        return _bad(404, f"{url} is not in the pool")
+        return error_response(404, f"{url} is not in the pool")
     report = await switch_role(
         request.app[SESSION], pool, url, body["new_role"], body.get("bootstrap_port")
     )
@@ -93,11 +93,11 @@ async def switch(request: web.Request) -> web.Response:
 async def retire_instance(request: web.Request) -> web.Response:
     body = await _body(request)
     if body is None or "url" not in body:
-        return _bad(400, "body must be a JSON object {url}")
+        return error_response(400, "body must be a JSON object {url}")
     pool = request.app[POOL]
     url = str(body["url"]).rstrip("/")
     if all(i.url != url for i in pool.instances):
-        return _bad(404, f"{url} is not in the pool")
+        return error_response(404, f"{url} is not in the pool")
     report = await retire(request.app[SESSION], pool, url)
     return web.json_response(report, status=200 if report["success"] else 409)
 

@@ -246,8 +246,13 @@ async def health(request: web.Request) -> web.Response:
 
 
 def make_app(
-    instances: Sequence[Instance], policy: str = "least-loaded", poll_interval: float = 0.5
+    instances: Sequence[Instance],
+    policy: str = "least-loaded",
+    poll_interval: float = 0.5,
+    poll: bool | None = None,
 ) -> web.Application:
+    """The dispatcher's aiohttp app. ``poll``: read each instance's load and latency model
+    (default: only for the ``slo`` policy; the scaling controller needs it too)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown dispatch policy {policy!r}; choose from {sorted(POLICIES)}")
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -258,9 +263,9 @@ def make_app(
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             app[SESSION] = session
-            # NOTE: only the slo policy reads the instances' loads; the others add no traffic
+            # NOTE: by default only the slo policy reads the instances' loads (no extra traffic)
             poller = None
-            if policy == "slo":
+            if poll if poll is not None else policy == "slo":
                 poller = asyncio.ensure_future(poll_forever(session, app[POOL], poll_interval))
             yield
             if poller is not None:

@@ -11,17 +11,26 @@ An instance's ports (all distinct per instance on one host):
 | port            | --port                             | clients / the dispatcher (HTTP)      |
 | bootstrap_port  | --disaggregation-bootstrap-port    | decode instances (prefill's KV info) |
 | nccl_port       | --nccl-port                        | the instance's own TP group store    |
+| engine_info_port| --engine-info-bootstrap-port       | the instance's own weight-info store |
+
+With ``engine_info_port`` the instance is a weight **seed**: it registers its weights with a
+Mooncake transfer engine, so a new instance started with ``weights_from`` (the seed's host:port)
+reads them from it instead of from disk (``--load-format remote_instance``; the plugin falls
+back to disk when the seed fails, see ``mepic_sglang/weights_hooks.py``). ``MOONCAKE_PROTOCOL``
+picks the wire: ``tcp`` (the default here, and the only one on CPU) or ``rdma``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +54,9 @@ class InstanceSpec:
     transfer_backend: str = TRANSFER_BACKEND_CPU
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    cpus: tuple[int, ...] = ()  # CPU hosts: run on these cores only (empty: all)
+    engine_info_port: int | None = None  # serve its weights to new instances (a seed)
+    weights_from: str | None = None  # "host:port" of a seed's HTTP server; None: from disk
 
     @property
     def url(self) -> str:
@@ -55,6 +67,8 @@ class InstanceSpec:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.model]
+        if self.cpus and shutil.which("taskset"):
+            cmd = ["taskset", "-c", ",".join(map(str, self.cpus)), *cmd]
         cmd += ["--host", self.host, "--port", str(self.port)]
         if self.nccl_port is not None:
             cmd += ["--nccl-port", str(self.nccl_port)]
@@ -63,7 +77,29 @@ class InstanceSpec:
             cmd += ["--disaggregation-transfer-backend", self.transfer_backend]
             if self.bootstrap_port is not None:
                 cmd += ["--disaggregation-bootstrap-port", str(self.bootstrap_port)]
+        if self.engine_info_port is not None:
+            cmd += ["--remote-instance-weight-loader-start-seed-via-transfer-engine"]
+            cmd += ["--engine-info-bootstrap-port", str(self.engine_info_port)]
+        if self.weights_from is not None:
+            host, _, port = self.weights_from.rpartition(":")
+            cmd += ["--load-format", "remote_instance"]
+            cmd += ["--remote-instance-weight-loader-backend", "transfer_engine"]
+            cmd += ["--remote-instance-weight-loader-seed-instance-ip", host]
+            cmd += ["--remote-instance-weight-loader-seed-instance-service-port", port]
         return cmd + list(self.extra_args)
+
+    def process_env(self) -> dict[str, str]:
+        """What the instance's process gets on top of the launcher's environment."""
+        env = dict(self.env)
+        if self.cpus:
+            # NOTE: torch sizes its thread pool from OMP_NUM_THREADS; SGLang binds its OpenMP
+            # threads (AMX / arm64 builds) from SGLANG_CPU_OMP_THREADS_BIND
+            cores = ",".join(map(str, self.cpus))
+            env.setdefault("OMP_NUM_THREADS", str(len(self.cpus)))
+            env.setdefault("SGLANG_CPU_OMP_THREADS_BIND", cores)
+        if self.engine_info_port is not None or self.weights_from is not None:
+            env.setdefault("MOONCAKE_PROTOCOL", os.environ.get("MOONCAKE_PROTOCOL", "tcp"))
+        return env
 
 
 @dataclass
@@ -91,23 +127,30 @@ class Launcher(ABC):
 
     def wait_ready(self, handle: Handle, timeout_s: float = 600.0) -> None:
         """Block until the instance serves (``/health_generate`` 200) or raise."""
-        deadline = time.monotonic() + timeout_s
-        url = handle.spec.url + "/health_generate"
-        while time.monotonic() < deadline:
-            if not self.alive(handle):
-                raise RuntimeError(
-                    f"{handle.spec.role} instance on port {handle.spec.port} exited "
-                    f"(log: {handle.log})"
-                )
-            try:
-                if requests.get(url, timeout=30).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(
-            f"{handle.spec.url} not ready after {timeout_s:.0f} s (log: {handle.log})"
-        )
+        spec = handle.spec
+        wait_healthy(
+            spec.url + "/health_generate", timeout_s, lambda: self.alive(handle),
+            f"{spec.role} instance on port {spec.port} (log: {handle.log})",
+        )  # fmt: skip
+
+
+def wait_healthy(
+    url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True, what: str = ""
+) -> None:
+    """Poll ``GET url`` until it answers 200. Raises ``RuntimeError`` as soon as ``alive()`` is
+    false (the process behind it exited) and ``TimeoutError`` after ``timeout_s``."""
+    what = what or url
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"{what} exited")
+        try:
+            if requests.get(url, timeout=30).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s")
 
 
 class LocalProcessLauncher(Launcher):
@@ -120,7 +163,7 @@ class LocalProcessLauncher(Launcher):
                 spec.command(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **spec.env},
+                env={**os.environ, **spec.process_env()},
                 start_new_session=True,  # NOTE: one group per instance: stop() reaches children
             )
         return Handle(spec, proc, log)

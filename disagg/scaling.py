@@ -108,7 +108,12 @@ class ScalingPolicy:
                 return self._change(now, Decision("in", role, f"{role} cold"))
         return HOLD
 
-    def _change(self, now: float, decision: Decision) -> Decision:
+    def changed(self, now: float) -> None:
+        """The pool changed (a decision was acted on, or an operator scaled): start the
+        cooldown and forget the streaks, which described the old pool."""
         self._last_change = now
         self._streak.clear()
+
+    def _change(self, now: float, decision: Decision) -> Decision:
+        self.changed(now)
         return decision

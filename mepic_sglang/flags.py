@@ -124,6 +124,17 @@ class PluginArgs:
         "(python -m benchmarks.slo_profile writes one). Without it the latency model learns "
         "from the first measured steps.",
     )
+    mepic_d2d_timeout_s: float = flag(
+        300.0,
+        "With --load-format remote_instance: seconds to wait for the weights from the running "
+        "instance before loading them from disk instead (a failed source falls back at once).",
+    )
+    mepic_weights_digest: bool = flag(
+        False,
+        "Compute a SHA-256 over all weights after loading and show it in /server_info "
+        "(mepic_sglang.weights.sha256), e.g. to check a scale-out copied weights bit for bit. "
+        "Reads every weight once at start-up.",
+    )
     mepic_compat_check: str = flag(
         "strict",
         "What to do when the installed SGLang is not the version this plugin was built for, or a "
@@ -193,6 +204,9 @@ class PluginArgs:
                 f"argument --mepic-recompute: invalid choice {self.mepic_recompute!r} "
                 f"(choose from {', '.join(map(repr, POLICIES))})"
             )
+        if not self.mepic_d2d_timeout_s > 0:
+            got = self.mepic_d2d_timeout_s
+            out.append(f"argument --mepic-d2d-timeout-s: must be > 0, got {got}")
         if self.mepic_recompute_k < 1:
             out.append(f"argument --mepic-recompute-k: must be >= 1, got {self.mepic_recompute_k}")
         if self.enable_mepic:

@@ -28,6 +28,11 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | Scheduler.run_batch                      | AROUND| step times -> the SLO latency model           |
 | PrefillBootstrapQueue.create_sender      | AFTER | P/D on CPU: no pinned host-index transfers    |
 | DecodeMixin._get_new_prebuilt_batch      | AROUND| P/D decode: SLO order, TPOT-guarded admission |
+| SchedulerReqTimeStats.set_decode_prebuilt_finish_time | AFTER | P/D decode: first-token time |
+| {loader,transporter}.register_memory_region | AROUND | D2D weights on CPU: one region per param |
+| RemoteInstanceModelLoader.load_model     | AROUND| D2D weights: time bound, disk fallback        |
+| loader.get_remote_instance_..._per_rank  | AFTER | test-only pause (fault injection, env)        |
+| ModelRunner.load_model                   | AROUND| load time, source, optional weights SHA-256   |
 
 Registries (SGLang's own extension points, called once per process from :func:`register_all`):
 
@@ -50,6 +55,7 @@ from mepic_sglang import (
     request_api,
     slo_hooks,
     slo_request,
+    weights_hooks,
 )
 
 
@@ -63,6 +69,7 @@ class HookSpec(NamedTuple):
 _SERVER_ARGS = "sglang.srt.server_args.ServerArgs"
 _SCHEDULER = "sglang.srt.managers.scheduler.Scheduler"
 _ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
+_LOADER = "sglang.srt.model_loader.loader"
 _ATTENTION_INIT = {
     "sglang.srt.models.llama.LlamaAttention.__init__": (
         "self", "config", "hidden_size", "num_heads", "num_kv_heads", "layer_id", "start_layer",
@@ -207,6 +214,43 @@ HOOKS: tuple[HookSpec, ...] = (
         "AFTER",
         pd_hooks.after_create_sender,
         ("self", "req", "num_kv_heads"),
+    ),
+    *(
+        HookSpec(
+            f"{module}.register_memory_region",
+            "AROUND",
+            weights_hooks.around_register_memory_region,
+            ("model", "transfer_engine"),
+        )
+        for module in (
+            _LOADER,
+            "sglang.srt.model_executor.model_runner_components.remote_instance_weight_transporter",
+        )
+    ),
+    HookSpec(
+        f"{_LOADER}.RemoteInstanceModelLoader.load_model",
+        "AROUND",
+        weights_hooks.around_remote_load_model,
+        ("self", "model_config", "device_config"),
+    ),
+    HookSpec(
+        f"{_LOADER}.get_remote_instance_transfer_engine_info_per_rank",
+        "AFTER",
+        weights_hooks.after_weight_info,
+        ("seed_url", "rank"),
+    ),
+    HookSpec(
+        "sglang.srt.model_executor.model_runner.ModelRunner.load_model",
+        "AROUND",
+        weights_hooks.around_model_runner_load_model,
+        ("self",),
+    ),
+    HookSpec(
+        "sglang.srt.observability.req_time_stats.SchedulerReqTimeStats"
+        ".set_decode_prebuilt_finish_time",
+        "AFTER",
+        pd_hooks.after_decode_prebuilt,
+        ("self", "ts"),
     ),
     HookSpec(
         "sglang.srt.mem_cache.common.release_kv_cache",

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mepic_sglang import __version__, compat, nope, slo_hooks
+from mepic_sglang import __version__, compat, nope, slo_hooks, weights_hooks
 from mepic_sglang.flags import get_plugin_args
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def plugin_state(server_args: Any) -> dict[str, Any]:
         "args": dataclasses.asdict(get_plugin_args(server_args)),
         "compat_problems": compat.problems(),
         "nope_attention_layers": nope.wrapped_layers(),
+        "weights": weights_hooks.weights_state(),
     }
 
 

@@ -23,7 +23,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from disagg.launcher import Handle, InstanceSpec, LocalProcessLauncher  # noqa: E402
+from disagg.launcher import Handle, InstanceSpec, LocalProcessLauncher, wait_healthy  # noqa: E402
 from mepic_sglang.models import ensure_tiny  # noqa: E402
 
 CPU_ARGS = ("--dtype", "float32", "--sleep-on-idle", "--max-total-tokens", "4096")
@@ -65,15 +65,7 @@ def stop_all(
 
 def wait_for(url: str, timeout_s: float = 60.0) -> None:
     """Until the dispatcher at ``url`` answers ``/health`` with 200."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"dispatcher {url} not healthy in {timeout_s:.0f} s")
+    wait_healthy(f"{url}/health", timeout_s, what=f"dispatcher {url}")
 
 
 def generate(url: str, body: dict[str, Any]) -> tuple[int, Any]:

@@ -66,6 +66,16 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
+def d2d_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_in_netns("d2d_scenario.py", tmp_path_factory.mktemp("d2d"))
+
+
+@pytest.fixture(scope="module")
+def scale_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_in_netns("pd_scale_scenario.py", tmp_path_factory.mktemp("pd_scale"))
+
+
+@pytest.fixture(scope="module")
 def switch_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return run_in_netns("pd_switch_scenario.py", tmp_path_factory.mktemp("pd_switch"))
 
@@ -109,6 +119,8 @@ def test_pd_multi_slo_in_both_stages(scenario: dict) -> None:
     assert slo["tokens"] == [12] * 6
     assert all(r is not None and r["class"] == "interactive" for r in slo["reports"])
     assert all(r["ttft_met"] and r["tpot_met"] for r in slo["reports"])
+    # the decode instance reports the first token when its KV arrived, not at the end
+    assert all(r["tpot_ms"] and r["tpot_ms"] > 0 for r in slo["reports"]), slo["reports"]
     prefill, decode = scenario["stage_state"]
     assert prefill["policy"] == decode["policy"] == "multi-slo"
     assert prefill["steps"]["prefill"] > 0 and decode["steps"]["decode"] > 0
@@ -153,3 +165,67 @@ def test_scale_in_drains_before_the_instance_leaves(switch_scenario: dict) -> No
     assert result["after_retire"] == result["reference"]  # the rest of the pool serves
     urls = [row["url"] for row in result["state_retired"]["instances"]]
     assert "http://127.0.0.1:31601" not in urls and len(urls) == 2
+
+
+def test_d2d_weights_are_bit_identical_and_serve(d2d_scenario: dict) -> None:
+    result = d2d_scenario
+    seed = result["seed"]
+    assert seed["source"] == "auto" and len(seed["sha256"]) == 64
+    ok = result["ok"]["weights"]
+    assert ok["source"] == "remote_instance", result["logs"]
+    assert ok["sha256"] == seed["sha256"]  # bit for bit
+    assert result["ok"]["outputs"] == result["seed_outputs"]
+
+
+def test_d2d_source_killed_mid_transfer_falls_back_to_disk(d2d_scenario: dict) -> None:
+    killed = d2d_scenario["killed"]
+    w = killed["weights"]
+    assert w["source"] == "disk_fallback", d2d_scenario["logs"]
+    assert "Failed to load weights from remote instance" in w["fallback_reason"]
+    assert w["sha256"] == d2d_scenario["seed"]["sha256"]
+    assert killed["outputs"] == d2d_scenario["seed_outputs"]
+    assert killed["ready_after_kill_s"] < 120  # no hang
+
+
+def test_d2d_hung_source_times_out_to_disk(d2d_scenario: dict) -> None:
+    hung = d2d_scenario["hung"]
+    w = hung["weights"]
+    assert w["source"] == "disk_fallback" and w["fallback_reason"].startswith("TimeoutError")
+    assert w["load_s"] >= 5  # waited its --mepic-d2d-timeout-s, then loaded from disk
+    assert hung["outputs"] == d2d_scenario["seed_outputs"]
+    assert d2d_scenario["alive_after_stop"] == [False] * 5
+
+
+def test_cluster_starts_instances_with_weights_from_the_first(scale_scenario: dict) -> None:
+    launches = scale_scenario["start"]["launches"]
+    assert [row["role"] for row in launches] == ["prefill", "decode", "decode"]
+    assert launches[0]["weights"]["source"] == "auto"  # the first one from disk
+    assert all(row["weights"]["source"] == "remote_instance" for row in launches[1:])
+    assert len({row["weights"]["sha256"] for row in launches}) == 1
+
+
+def test_autoscale_retires_an_idle_decode_instance_without_dropping(scale_scenario: dict) -> None:
+    result = scale_scenario
+    scale_in = result["scale_in"]
+    events = scale_in["state"]["events"]
+    assert any(e["action"] == "in" and e["role"] == "decode" and e["ok"] for e in events), (
+        events, result["logs"],
+    )  # fmt: skip
+    assert set(scale_in["statuses"]) == {200}
+    assert all(out == result["reference"] for out in scale_in["outputs"])
+    assert sorted(scale_in["state"]["instances"].values()) == ["decode", "prefill"]
+
+
+def test_scale_out_takes_weights_from_a_running_instance_and_serves(scale_scenario: dict) -> None:
+    result = scale_scenario
+    out = result["scale_out"]
+    assert out["status"] == 200 and out["event"]["ok"], (out, result["logs"])
+    weights = out["event"]["detail"]["weights"]
+    assert weights["source"] == "remote_instance"
+    assert weights["sha256"] == result["start"]["launches"][0]["weights"]["sha256"]
+    assert [s for s, _ in result["after_out"]] == [200] * 4
+    assert all(ids == result["reference"] for _, ids in result["after_out"])
+    new = out["event"]["url"]
+    served = {row["url"]: row["served"] for row in result["dispatcher"]["instances"]}
+    assert served[new] >= 2  # round robin over two prefill instances: it served its share
+    assert result["left_after_stop"] == []  # SIGTERM to the cluster stopped all it started
