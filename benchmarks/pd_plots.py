@@ -62,6 +62,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
     a.bar(names, [100 * r["attainment"] for r in runs], color="tab:blue")
     for k, r in enumerate(runs):
         a.text(k, 100 * r["attainment"] + 1, f"{r['instance_seconds']:.0f} inst-s", ha="center")
+    plt.setp(a.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     a.set_ylabel("SLO attainment (%)")
     a.set_ylim(0, 110)
     a.set_title("attainment, cost (instance-seconds)")

@@ -81,8 +81,14 @@ class ScalingPolicy:
             return "cold"
         return "ok"
 
-    def observe(self, now: float, predicted: Mapping[Role, Sequence[float | None]]) -> Decision:
-        """One observation: each P/D role's predicted seconds per instance (None: unknown)."""
+    def observe(
+        self,
+        now: float,
+        predicted: Mapping[Role, Sequence[float | None]],
+        can_grow: bool = True,
+    ) -> Decision:
+        """One observation: each P/D role's predicted seconds per instance (None: unknown).
+        ``can_grow``: the hosts have room for one more instance (else only switches)."""
         states = {role: self.state(role, predicted.get(role, ())) for role in PD_ROLES}
         for role, st in states.items():
             prev, count = self._streak.get(role, ("ok", 0))
@@ -101,7 +107,7 @@ class ScalingPolicy:
             other: Role = "decode" if role == "prefill" else "prefill"
             if states[other] == "cold":
                 return self._change(now, Decision("switch", role, f"{role} hot, {other} cold"))
-            if total < self.config.max_instances:
+            if total < self.config.max_instances and can_grow:
                 return self._change(now, Decision("out", role, f"{role} hot"))
         for role in PD_ROLES:
             if sustained.get(role) == "cold":

@@ -57,3 +57,10 @@ def test_config_is_checked() -> None:
         ScalingConfig(low=0.9, high=0.8)
     with pytest.raises(ValueError, match="sustain"):
         ScalingConfig(sustain=0)
+
+
+def test_a_full_host_only_switches() -> None:
+    policy = ScalingPolicy(ScalingConfig(sustain=1, cooldown_s=0))
+    hot_prefill = {"prefill": [9.0], "decode": [0.01]}
+    assert policy.observe(0, hot_prefill, can_grow=False).action == "hold"
+    assert policy.observe(1, hot_prefill, can_grow=True).action == "out"
