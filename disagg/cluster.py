@@ -20,6 +20,8 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,30 +81,46 @@ def scaling_config(args: argparse.Namespace) -> ScalingConfig:
     )  # fmt: skip
 
 
+def host_cpus() -> tuple[int, ...]:
+    """The cores this process may use (a container's cpuset, not the machine's count)."""
+    return tuple(sorted(os.sched_getaffinity(0)))
+
+
 def cores_per_instance(args: argparse.Namespace, instances: int) -> int:
     """``--cpu-cores-per-instance``, resolved (0 on a CUDA host unless asked for)."""
     if args.cpu_cores_per_instance >= 0:
         return int(args.cpu_cores_per_instance)
-    if "--device" in args.server_args:
-        device = args.server_args[args.server_args.index("--device") + 1]
-        on_cpu = device == "cpu"
+    server_args = list(args.server_args)
+    if "--device" in server_args[:-1]:
+        on_cpu = server_args[server_args.index("--device") + 1] == "cpu"
     else:
         import torch  # NOTE: late import; only to tell a CPU host from a CUDA one
 
         on_cpu = not torch.cuda.is_available()
-    return max(1, (os.cpu_count() or 1) // instances) if on_cpu else 0
+    return max(1, len(host_cpus()) // instances) if on_cpu else 0
 
 
 def start_initial(fleet: Fleet, roles: Sequence[Role], d2d: bool) -> None:
-    """The first instance from disk; the others together, from its weights when ``d2d``."""
-    first = fleet.launch(roles[0])
-    seed = pool_instance(first.handle.spec) if d2d else None
-    with ThreadPoolExecutor(max(1, len(roles) - 1)) as ex:
+    """The first instance from disk; the others together, from its weights when ``d2d``.
+    On any failure or interrupt, everything started so far is stopped."""
+    ex = ThreadPoolExecutor(max(1, len(roles) - 1))
+    try:
+        first = fleet.launch(roles[0])
+        seed = pool_instance(first.handle.spec) if d2d else None
         for f in [ex.submit(fleet.launch, r, seed) for r in roles[1:]]:
             f.result()
+    except BaseException:
+        fleet.stop_all()  # NOTE: before waiting for the other launches: they end at once then
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
-def build(args: argparse.Namespace) -> web.Application:
+def check_args(args: argparse.Namespace) -> list[Role]:
+    """The roles to start, or ValueError naming the flag (before anything starts)."""
+    for name in ("prefill", "decode", "collocated"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0")
     counts: tuple[tuple[Role, int], ...] = (
         ("prefill", args.prefill), ("decode", args.decode), ("collocated", args.collocated),
     )  # fmt: skip
@@ -113,11 +131,25 @@ def build(args: argparse.Namespace) -> web.Application:
         raise ValueError("give --prefill AND --decode (P/D), or only --collocated")
     if args.autoscale and args.collocated:
         raise ValueError("--autoscale scales P/D clusters (--prefill/--decode)")
+    if args.scale_interval_s <= 0:
+        raise ValueError("--scale-interval-s must be > 0")
+    scaling_config(args)  # NOTE: raises on bad --scale-* / --min/--max-instances values
+    top = args.instance_port_base + 10 * max(args.max_instances, len(roles)) + 10
+    if args.instance_port_base <= args.port < top:
+        raise ValueError(
+            f"--port {args.port} is inside the instances' ports "
+            f"({args.instance_port_base}-{top - 1}; see --instance-port-base)"
+        )
+    return roles
+
+
+def build(args: argparse.Namespace) -> web.Application:
+    roles = check_args(args)
     extra = tuple(args.server_args)
     if args.prefill and ROLE_SWITCH not in extra:
         extra += (ROLE_SWITCH,)  # NOTE: every P/D instance may be switched later
     plan = PortPlan(args.instance_port_base, cores=cores_per_instance(args, len(roles)),
-                    cpu_count=os.cpu_count() or 1)  # fmt: skip
+                    cpus=host_cpus())  # fmt: skip
     fleet = Fleet(LocalProcessLauncher(), plan, args.model_path, extra, args.log_dir)
     try:
         start_initial(fleet, roles, not args.no_d2d)
@@ -166,11 +198,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # NOTE: SIGTERM during start-up ends it like Ctrl-C, so the instances started are stopped
+    # (aiohttp handles SIGTERM itself once it serves)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app = build(args)
     except ValueError as e:
         p.error(str(e))
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    except KeyboardInterrupt:  # NOTE: build() already stopped what it had started
+        logging.info("interrupted during start-up; every instance started was stopped")
+        sys.exit(130)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None)
+    finally:
+        app[FLEET].stop_all()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

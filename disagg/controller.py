@@ -12,14 +12,17 @@ poller keeps them fresh; ``--policy slo``), asks the policy, and acts:
 | in(role)      | retire the least busy instance of ``role`` (stop routing, drain), stop it   |
 | switch(role)  | switch the least busy instance of the other role to ``role`` (drain first)  |
 
-One action at a time; the policy's hysteresis and cooldown keep it from flapping. Cost is
-counted as instance-seconds: from an instance's start until it is stopped.
+One action at a time (an operator's ``POST /cluster/scale`` waits for the controller's); the
+policy's hysteresis and cooldown keep it from flapping. The controller scales out only when the
+host has room (a free core group on CPU, :meth:`Fleet.has_room`); an operator's scale-out may
+over-subscribe. Cost is counted as instance-seconds: from an instance's start until it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +52,9 @@ class PortPlan:
     | +2     | --nccl-port                                   |
     | +3     | --engine-info-bootstrap-port (weights seed)   |
 
-    ``cores`` > 0 (CPU hosts): instance k runs on ``cores`` cores, taken round-robin from
-    ``cpu_count`` (``InstanceSpec.cpus``: affinity and thread count).
+    ``cores`` > 0 (CPU hosts): the host's usable ``cpus`` are cut into groups of ``cores``; a new
+    instance takes a free group (``InstanceSpec.cpus``: affinity and thread count) and gives it
+    back when it stops. With no group free it shares the least used one (over-subscribed).
     NOTE: unbound, every instance runs one thread per core on all cores, and several instances'
     spinning OpenMP threads starve each other (seen: P/D on 2 cores, decode steps of 1-3 s).
     """
@@ -58,22 +62,40 @@ class PortPlan:
     base: int
     stride: int = 10
     cores: int = 0
-    cpu_count: int = 1
+    cpus: tuple[int, ...] = ()
     _next: int = 0
+    _use: dict[tuple[int, ...], int] = field(default_factory=dict)  # core group -> instances
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.cores > 0:
+            groups = [self.cpus[i : i + self.cores] for i in range(0, len(self.cpus), self.cores)]
+            self._use = {g: 0 for g in groups if len(g) == self.cores} or {self.cpus: 0}
 
     def spec(self, model: str, role: Role, extra_args: tuple[str, ...] = ()) -> InstanceSpec:
-        k = self._next
-        self._next += 1
+        with self._lock:  # NOTE: launches run on worker threads
+            k = self._next
+            self._next += 1
+            cpus: tuple[int, ...] = ()
+            if self._use:
+                cpus = min(self._use, key=lambda g: self._use[g])  # a free group if any
+                self._use[cpus] += 1
         port = self.base + self.stride * k
         pd = role != "collocated"
-        cpus: tuple[int, ...] = ()
-        if self.cores > 0:
-            first = (k * self.cores) % self.cpu_count
-            cpus = tuple(sorted({(first + i) % self.cpu_count for i in range(self.cores)}))
         return InstanceSpec(
             model, role, port, port + 1 if pd else None, port + 2,
             extra_args=extra_args, cpus=cpus, engine_info_port=port + 3,
         )  # fmt: skip
+
+    def release(self, cpus: tuple[int, ...]) -> None:
+        with self._lock:
+            if self._use.get(cpus, 0) > 0:
+                self._use[cpus] -= 1
+
+    def has_room(self) -> bool:
+        """A free core group (always true without core binding: the launcher decides)."""
+        with self._lock:
+            return not self._use or min(self._use.values()) == 0
 
 
 class Event(NamedTuple):
@@ -94,7 +116,10 @@ def pool_instance(spec: InstanceSpec) -> Instance:
 
 @dataclass
 class Fleet:
-    """The instances this host started (their handles) and what they cost (instance-seconds)."""
+    """The instances this host started (their handles) and what they cost (instance-seconds).
+
+    An instance is owned from the moment its process starts (not only once it serves), so
+    :meth:`stop_all` also stops launches still in progress."""
 
     launcher: Launcher
     plan: PortPlan
@@ -105,21 +130,34 @@ class Fleet:
     clock: Callable[[], float] = time.monotonic
     handles: dict[str, Handle] = field(default_factory=dict)
     launches: list[dict[str, Any]] = field(default_factory=list)  # one row per started instance
+    closing: bool = False
     _lifetimes: dict[str, list[float | None]] = field(default_factory=dict)  # url -> [start, stop]
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def launch(self, role: Role, seed: Instance | None = None) -> Started:
         """Start one instance (blocking; from ``seed``'s weights when given) and own it."""
         spec = self.plan.spec(self.model, role, self.extra_args)
         if seed is not None:
             spec = replace(spec, weights_from=seed.url.split("//", 1)[1])
-        self._lifetimes[spec.url] = [self.clock(), None]
+        with self._lock:
+            self._lifetimes[spec.url] = [self.clock(), None]
+
+        def own(handle: Handle) -> None:
+            with self._lock:
+                self.handles[spec.url] = handle
+                closing = self.closing
+            if closing:  # NOTE: started while the fleet stops: stop it too
+                self.stop(spec.url)
+
         log = self.log_dir / f"{role}-{spec.port}.log"
         try:
-            started = start_instance(self.launcher, spec, log, self.ready_timeout_s)
-        except Exception:
-            self._lifetimes[spec.url][1] = self.clock()
+            started = start_instance(self.launcher, spec, log, self.ready_timeout_s, on_start=own)
+            if self.closing:
+                raise RuntimeError("the fleet is stopping")
+        except BaseException:
+            self.stop(spec.url)
+            self._end(spec)
             raise
-        self.handles[spec.url] = started.handle
         self.launches.append(
             {"url": spec.url, "role": role, "seed": spec.weights_from, "weights": started.weights,
              "ready_s": round(started.ready_s, 2), "relaunched": started.relaunched}
@@ -127,28 +165,42 @@ class Fleet:
         return started
 
     def stop(self, url: str) -> None:
-        handle = self.handles.pop(url, None)
+        with self._lock:
+            handle = self.handles.pop(url, None)
         if handle is not None:
-            self.launcher.stop(handle)
-            self._lifetimes[url][1] = self.clock()
+            try:
+                self.launcher.stop(handle)
+            finally:
+                self._end(handle.spec)
+
+    def _end(self, spec: InstanceSpec) -> None:
+        with self._lock:
+            life = self._lifetimes.get(spec.url)
+            if life is not None and life[1] is None:
+                life[1] = self.clock()
+                self.plan.release(spec.cpus)
 
     def stop_all(self) -> None:
-        """Stop every instance, all at once (each drains what it holds)."""
-        urls = list(self.handles)
+        """Stop every instance, all at once (each drains what it holds), and any that a launch
+        in progress starts from now on."""
+        self.closing = True
+        with self._lock:
+            urls = list(self.handles)
         if urls:
             with ThreadPoolExecutor(len(urls)) as ex:
                 list(ex.map(self.stop, urls))
 
     def has_room(self) -> bool:
-        """Room for one more instance: with core binding, a free share of the host's cores.
+        """Room for one more instance on this host (see :meth:`PortPlan.has_room`).
         NOTE: measured on 2 cores, an instance started on a busy core took 85 s to get ready
         (26 s idle) and slowed the one serving there: attainment 82.5% -> 50.8%."""
-        plan = self.plan
-        return plan.cores == 0 or (len(self.handles) + 1) * plan.cores <= plan.cpu_count
+        return self.plan.has_room()
 
     def instance_seconds(self) -> float:
         now = self.clock()
-        return sum((stop or now) - start for start, stop in self._lifetimes.values() if start)
+        with self._lock:
+            lives = list(self._lifetimes.values())
+        return sum((stop or now) - start for start, stop in lives if start)
 
 
 @dataclass
@@ -162,6 +214,7 @@ class ScalingController:
     d2d: bool = True
     events: list[Event] = field(default_factory=list)
     _t0: float = field(init=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self._t0 = self.fleet.clock()
@@ -190,28 +243,41 @@ class ScalingController:
             await asyncio.sleep(interval_s)
 
     async def act(self, decision: Decision) -> Event:
+        """Carry out one decision (the controller's or an operator's), one at a time."""
+        async with self._lock:
+            return await self._act(decision)
+
+    async def _act(self, decision: Decision) -> Event:
         role = decision.role
         assert role is not None
         t0 = self.fleet.clock()
         url, ok = "", False
         detail: dict[str, Any] = {"reason": decision.reason}
+        loop = asyncio.get_running_loop()
+        other: Role = "decode" if role == "prefill" else "prefill"
         most = self.policy.config.max_instances
-        if decision.action == "out" and len(self.pool.instances) >= most:
+        if not self.pool.disaggregated:
+            detail["error"] = "only a P/D pool scales (prefill and decode instances)"
+        elif decision.action == "out" and len(self.pool.instances) >= most:
             detail["error"] = f"at the maximum of {most} instances"
         elif decision.action == "out":
             seed = self._least_busy(list(self.pool.instances)) if self.d2d else None
-            loop = asyncio.get_running_loop()
             try:
                 started = await loop.run_in_executor(None, self.fleet.launch, role, seed)
+                url = started.handle.spec.url
+                self.pool.add(pool_instance(started.handle.spec))
             except Exception as e:
                 detail["error"] = str(e)
+                if url:  # NOTE: started but not routable: not kept running (and billed)
+                    await loop.run_in_executor(None, self.fleet.stop, url)
             else:
-                url, ok = started.handle.spec.url, True
-                self.pool.add(pool_instance(started.handle.spec))
+                ok = True
                 detail["ready_s"] = round(started.ready_s, 2)
                 detail["weights"] = started.weights
                 detail["relaunched"] = started.relaunched
                 detail["seed"] = seed.url if seed else None
+        elif not self.pool.of(role if decision.action == "in" else other):
+            detail["error"] = f"no {role if decision.action == 'in' else other} instance"
         elif decision.action == "in":
             victim = self._least_busy(self.pool.of(role))
             url = victim.url
@@ -219,14 +285,16 @@ class ScalingController:
             ok = bool(report["success"])
             detail |= report
             if ok:
-                await asyncio.get_running_loop().run_in_executor(None, self.fleet.stop, url)
+                await loop.run_in_executor(None, self.fleet.stop, url)
         elif decision.action == "switch":
-            other: Role = "decode" if role == "prefill" else "prefill"
             victim = self._least_busy(self.pool.of(other))
             url = victim.url
             report = await switch_role(self.session, self.pool, url, role, victim.bootstrap_port)
             ok = bool(report["success"])
             detail |= report
+            if report.get("unhealthy"):  # NOTE: out of the pool; SGLang says restart required
+                await loop.run_in_executor(None, self.fleet.stop, url)
+                detail["stopped"] = True
         if ok:
             self.policy.changed(self.fleet.clock())
         event = Event(round(t0 - self._t0, 2), decision.action, role, url, ok,

@@ -47,12 +47,15 @@ def start_instance(
     log: Path,
     ready_timeout_s: float = 600.0,
     report: Callable[[str], dict[str, Any]] = weights_report,
+    on_start: Callable[[Handle], None] = lambda handle: None,
 ) -> Started:
     """Start ``spec`` and wait until it serves. If it loads from a seed (``weights_from``) and
     exits or is not ready within ``ready_timeout_s``, stop it and start it again from disk.
-    Raises when the disk start fails too (nothing is left running then)."""
+    Raises when the disk start fails too (nothing is left running then). ``on_start`` sees
+    every process started (so a caller can own it before it serves)."""
     t0 = time.monotonic()
     handle = launcher.start(spec, log)
+    on_start(handle)
     try:
         launcher.wait_ready(handle, ready_timeout_s)
         relaunched = False
@@ -62,10 +65,15 @@ def start_instance(
             raise
         disk = dataclasses.replace(spec, weights_from=None)
         handle = launcher.start(disk, log.with_suffix(".disk.log"))
+        on_start(handle)
         try:
             launcher.wait_ready(handle, ready_timeout_s)
         except (RuntimeError, TimeoutError):
             launcher.stop(handle, grace_s=5.0)
             raise
         relaunched = True
-    return Started(handle, time.monotonic() - t0, relaunched, report(spec.url))
+    try:
+        weights = report(spec.url)
+    except Exception as e:  # NOTE: it serves; a missing report is no reason to lose it
+        weights = {"error": f"{type(e).__name__}: {e}"}
+    return Started(handle, time.monotonic() - t0, relaunched, weights)

@@ -31,6 +31,7 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | SchedulerReqTimeStats.set_decode_prebuilt_finish_time | AFTER | P/D decode: first-token time |
 | {loader,transporter}.register_memory_region | AROUND | D2D weights on CPU: one region per param |
 | RemoteInstanceModelLoader.load_model     | AROUND| D2D weights: time bound, disk fallback        |
+| RemoteInstanceWeightTransporter.maybe_... | AROUND | a seed loaded from a seed publishes too     |
 | loader.get_remote_instance_..._per_rank  | AFTER | test-only pause (fault injection, env)        |
 | ModelRunner.load_model                   | AROUND| load time, source, optional weights SHA-256   |
 
@@ -232,6 +233,13 @@ HOOKS: tuple[HookSpec, ...] = (
         "AROUND",
         weights_hooks.around_remote_load_model,
         ("self", "model_config", "device_config"),
+    ),
+    HookSpec(
+        "sglang.srt.model_executor.model_runner_components.remote_instance_weight_transporter"
+        ".RemoteInstanceWeightTransporter.maybe_register_and_publish_weight_info",
+        "AROUND",
+        weights_hooks.around_publish_weight_info,
+        ("self",),
     ),
     HookSpec(
         f"{_LOADER}.get_remote_instance_transfer_engine_info_per_rank",

@@ -21,6 +21,7 @@ so two instances can prove they hold bit-identical weights.
 from __future__ import annotations
 
 import contextvars
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -100,16 +101,24 @@ def around_remote_load_model(
         timeout_s = get_plugin_args(_server_args()).mepic_d2d_timeout_s
     except ValueError:  # NOTE: no published server args (not a scheduler): the flag's default
         timeout_s = PluginArgs().mepic_d2d_timeout_s
+    # NOTE: the attempt runs on a copy: an abandoned attempt that finishes late cannot hand its
+    # (half-filled) model's registered addresses to the real loader, which SGLang would publish
+    attempt = copy.copy(loader)
     try:
         model = _call_with_deadline(
-            lambda: orig(loader, model_config=model_config, device_config=device_config),
+            lambda: orig(attempt, model_config=model_config, device_config=device_config),
             timeout_s,
             device_config,
+        )
+        loader.remote_instance_transfer_engine_weight_info = (
+            attempt.remote_instance_transfer_engine_weight_info
         )
         _state["source"] = "remote_instance"
         return model
     except Exception as exc:  # NOTE: any failure of the source means: load from disk instead
         reason = f"{type(exc).__name__}: {exc}"
+    # NOTE: None makes SGLang register (and, on a seed, publish) the model loaded from disk
+    loader.remote_instance_transfer_engine_weight_info = None
     logger.warning(
         "mepic-sglang: weights from the remote instance failed (%s); loading from disk", reason
     )
@@ -125,12 +134,32 @@ def around_remote_load_model(
     return model
 
 
+def around_publish_weight_info(orig: Callable[..., Any], transporter: Any) -> None:
+    """AROUND ``RemoteInstanceWeightTransporter.maybe_register_and_publish_weight_info``: a seed
+    whose weights came from another instance publishes them too. SGLang publishes only what it
+    registers here, and an instance loaded from a seed registered its weights while loading, so
+    it would never serve them: a chain of scale-outs would end at the first instance."""
+    already_registered = transporter.weight_info is not None
+    orig(transporter)
+    if already_registered and transporter.engine is not None and _is_seed():
+        transporter._register_to_engine_info_bootstrap()
+
+
+def _is_seed() -> bool:
+    from sglang.srt.runtime_context import get_model
+
+    return bool(get_model().remote_instance_weight_loader_start_seed_via_transfer_engine)
+
+
 def _call_with_deadline(fn: Callable[[], Any], timeout_s: float, device_config: Any) -> Any:
     """``fn()`` on a worker thread; raise ``TimeoutError`` if it has not returned in time.
 
     NOTE: a timed-out worker is abandoned, not killed (a transfer in C cannot be interrupted). It
     keeps its own, half-filled model alive, so a late write from the transfer engine lands in
-    memory nobody else uses; the fallback builds a new model. The cost is that model's memory."""
+    memory nobody else uses; the fallback builds a new model. The cost is that model's memory.
+    NOTE: SGLang builds the model under a process-wide default dtype (``set_default_torch_dtype``);
+    a deadline that fires while the worker is still building it (seconds, far below the 300 s
+    default) would race the disk load on that setting."""
     box: dict[str, Any] = {}
     ctx = contextvars.copy_context()  # SGLang's runtime context lives in ContextVars
     gpu_id = getattr(device_config, "gpu_id", None)
@@ -157,7 +186,10 @@ def _call_with_deadline(fn: Callable[[], Any], timeout_s: float, device_config: 
 
 
 def around_model_runner_load_model(orig: Callable[..., Any], runner: Any) -> Any:
-    """AROUND ``ModelRunner.load_model``: time the load and, when asked, digest the weights."""
+    """AROUND ``ModelRunner.load_model``: time the load and, when asked, digest the weights
+    (the target model only, not a speculative draft model)."""
+    if getattr(runner, "is_draft_worker", False):
+        return orig(runner)
     t0 = time.perf_counter()
     result = orig(runner)
     _state["load_s"] = round(time.perf_counter() - t0, 4)

@@ -4,8 +4,10 @@ namespace (see tests/pd_scenario.py; Mooncake's transfer engine listens on 0.0.0
 Two seed instances (tiny llama, float32, ``--mepic-weights-digest``) serve their weights. Then:
 
 1. ``ok``: a new instance loads from seed A (Mooncake over TCP): same SHA-256 as A, same output;
+   ``chain``: another one loads from that new instance;
 2. ``killed``: a new instance pauses after fetching A's weight info (test-only env), A is
-   SIGKILLed, the read fails, the instance loads from disk: same SHA-256, serves;
+   SIGKILLed, the read fails, the instance loads from disk: same SHA-256, serves, and serves its
+   weights to the next one (``chain_after_fallback``);
 3. ``hung``: seed B is SIGSTOPped (a hung source), a new instance with
    ``--mepic-d2d-timeout-s 5`` gives up on it and loads from disk.
 
@@ -59,9 +61,18 @@ def main(out_dir: Path) -> None:
     ]  # fmt: skip
 
     def client(port: int, seed: InstanceSpec, *extra: str, **env: str) -> InstanceSpec:
+        # NOTE: every client is a seed too: the next instance may load from it
         return InstanceSpec(model, "collocated", port, nccl_port=port + 10,
-                            extra_args=(*ARGS, *extra), env=env,
+                            extra_args=(*ARGS, *extra), env=env, engine_info_port=port + 80,
                             weights_from=f"127.0.0.1:{seed.port}")  # fmt: skip
+
+    def chain(port: int, seed: InstanceSpec) -> dict[str, Any]:
+        """An instance loading from ``seed``, which itself did not load from disk first."""
+        started = start_instance(launcher, client(port, seed), out_dir / f"chain-{port}.log")
+        handles.append(started.handle)
+        row = {"weights": started.weights, "outputs": served(started.handle.spec.url)}
+        launcher.stop(started.handle)
+        return row
 
     handles: list[Handle] = [launcher.start(s, out_dir / f"seed-{s.port}.log") for s in seeds]
     result: dict[str, Any] = {}
@@ -75,6 +86,7 @@ def main(out_dir: Path) -> None:
         ok = start_instance(launcher, client(31703, seeds[0]), out_dir / "ok.log")
         handles.append(ok.handle)
         result["ok"] = {"weights": ok.weights, "outputs": served(ok.handle.spec.url)}
+        result["chain"] = chain(31706, ok.handle.spec)  # from an instance loaded from a seed
         launcher.stop(ok.handle)
 
         # 2. the seed dies in the middle of the transfer
@@ -90,6 +102,7 @@ def main(out_dir: Path) -> None:
             "weights": weights_report(spec.url),
             "outputs": served(spec.url),
         }
+        result["chain_after_fallback"] = chain(31707, spec)  # it serves its disk weights
         launcher.stop(h)
 
         # 3. the seed hangs (stopped): the instance gives up after its timeout

@@ -21,7 +21,8 @@ def test_decode_first_token_time_is_when_the_prebuilt_batch_ran() -> None:
 
 def test_cpu_defaults_for_a_decode_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     for env in (pd_hooks.PROTOCOL_ENV, pd_hooks.HOST_IP_ENV, pd_hooks.EARLY_SEND_ENV):
-        monkeypatch.delenv(env, raising=False)
+        monkeypatch.setenv(env, "x")  # NOTE: recorded, so the test's writes are undone after it
+        monkeypatch.delenv(env)
     args = SimpleNamespace(device="cpu", host="localhost", disaggregation_mode="decode",
                            disaggregation_decode_retraction_backup=None)  # fmt: skip
     pd_hooks.apply_cpu_defaults(args)
@@ -32,7 +33,8 @@ def test_cpu_defaults_for_a_decode_instance(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_no_defaults_for_a_plain_or_a_gpu_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(pd_hooks.EARLY_SEND_ENV, raising=False)
+    monkeypatch.setenv(pd_hooks.EARLY_SEND_ENV, "x")
+    monkeypatch.delenv(pd_hooks.EARLY_SEND_ENV)
     pd_hooks.apply_cpu_defaults(SimpleNamespace(device="cpu", host="127.0.0.1"))
     gpu = SimpleNamespace(device="cuda", host="127.0.0.1", disaggregation_mode="prefill")
     pd_hooks.apply_cpu_defaults(gpu)

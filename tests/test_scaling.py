@@ -64,3 +64,10 @@ def test_a_full_host_only_switches() -> None:
     hot_prefill = {"prefill": [9.0], "decode": [0.01]}
     assert policy.observe(0, hot_prefill, can_grow=False).action == "hold"
     assert policy.observe(1, hot_prefill, can_grow=True).action == "out"
+    full = ScalingPolicy(ScalingConfig(sustain=1, cooldown_s=0))
+    cold_decode = {"prefill": [9.0], "decode": [0.01, 0.01]}
+    assert full.observe(0, cold_decode, can_grow=False) == (
+        "switch",
+        "prefill",
+        "prefill hot, decode cold",
+    )

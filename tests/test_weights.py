@@ -56,7 +56,8 @@ def test_deadline_returns_raises_and_keeps_the_callers_context() -> None:
 
 def test_cpu_defaults_for_weight_transfer(monkeypatch: pytest.MonkeyPatch) -> None:
     for env in (pd_hooks.PROTOCOL_ENV, pd_hooks.HOST_IP_ENV, pd_hooks.EARLY_SEND_ENV):
-        monkeypatch.delenv(env, raising=False)
+        monkeypatch.setenv(env, "x")  # NOTE: recorded, so the test's writes are undone after it
+        monkeypatch.delenv(env)
     args = SimpleNamespace(
         device="cpu", host="127.0.0.1", disaggregation_mode="null", load_format="remote_instance",
         remote_instance_weight_loader_backend="transfer_engine",
@@ -86,10 +87,14 @@ def test_spec_flags_for_a_seed_and_for_loading_from_one() -> None:
     assert "--engine-info-bootstrap-port 32003" in cmd and "--load-format" not in cmd
     plan = PortPlan(32000)
     assert [plan.spec("M", "prefill").port for _ in range(2)] == [32000, 32010]
-    assert plan.spec("M", "decode").cpus == ()  # no core binding unless asked
-    cpu = PortPlan(32000, cores=1, cpu_count=2)
-    assert [cpu.spec("M", "decode").cpus for _ in range(3)] == [(0,), (1,), (0,)]  # round-robin
-    three = PortPlan(32000, cores=3, cpu_count=4).spec("M", "decode")
+    assert plan.spec("M", "decode").cpus == () and plan.has_room()  # no binding unless asked
+    cpu = PortPlan(32000, cores=1, cpus=(0, 1))
+    first, second = cpu.spec("M", "decode").cpus, cpu.spec("M", "decode").cpus
+    assert (first, second) == ((0,), (1,)) and not cpu.has_room()
+    assert cpu.spec("M", "decode").cpus == (0,)  # full: shares the least used group
+    cpu.release((1,))
+    assert cpu.has_room() and cpu.spec("M", "decode").cpus == (1,)  # a freed core is reused
+    three = PortPlan(32000, cores=3, cpus=(0, 1, 2, 3)).spec("M", "decode")
     env = three.process_env()
     assert env["OMP_NUM_THREADS"] == "3" and env["SGLANG_CPU_OMP_THREADS_BIND"] == "0,1,2"
     assert three.command()[:3] == ["taskset", "-c", "0,1,2"]
@@ -153,6 +158,14 @@ def test_start_instance_leaves_nothing_running_when_disk_fails_too() -> None:
         (["--model-path", "M"], "no instances"),
         (["--model-path", "M", "--prefill", "1"], "--prefill AND --decode"),
         (["--model-path", "M", "--collocated", "2", "--autoscale"], "--autoscale"),
+        (["--model-path", "M", "--prefill", "-1", "--decode", "1"], "--prefill must be"),
+        (
+            ["--model-path", "M", "--prefill", "1", "--decode", "1", "--max-instances", "1"],
+            "max_instances",
+        ),
+        (["--model-path", "M", "--prefill", "1", "--decode", "1", "--scale-low", "0.9"], "low"),
+        (["--model-path", "M", "--collocated", "1", "--port", "31005"], "--port 31005"),
+        (["--model-path", "M", "--collocated", "1", "--scale-interval-s", "0"], "interval"),
     ],
 )
 def test_cluster_refuses_bad_shapes_before_starting_anything(argv: list[str], message: str) -> None:
