@@ -30,8 +30,9 @@ from typing import Any
 from aiohttp import web
 
 from disagg.admin import POOL, SESSION, error_response
-from disagg.controller import Fleet, PortPlan, ScalingController, pool_instance
+from disagg.controller import ScalingController
 from disagg.dispatcher import make_app
+from disagg.fleet import Fleet, PortPlan, pool_instance
 from disagg.instances import Role
 from disagg.launcher import LocalProcessLauncher
 from disagg.scaling import PD_ROLES, Decision, ScalingConfig, ScalingPolicy

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from disagg.cluster import build, parser
-from disagg.controller import PortPlan
+from disagg.fleet import PortPlan
 from disagg.launcher import Handle, InstanceSpec, Launcher
 from disagg.weights import start_instance
 from mepic_sglang import pd_hooks
