@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import requests
+
+from disagg.launcher import plugin_state  # noqa: F401  (re-exported for the benchmarks)
 
 
 def add_common_args(parser: argparse.ArgumentParser, port: int) -> None:
@@ -79,9 +80,3 @@ def start_server(
             pass
         time.sleep(1)
     raise TimeoutError(f"server not ready (log: {log})")
-
-
-def plugin_state(url: str) -> Any:
-    """``internal_states[0].mepic_sglang`` of a server with the plugin loaded."""
-    info = requests.get(f"{url}/server_info", timeout=60).json()
-    return info["internal_states"][0]["mepic_sglang"]

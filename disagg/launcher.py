@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -132,6 +133,12 @@ class Launcher(ABC):
             spec.url + "/health_generate", timeout_s, lambda: self.alive(handle),
             f"{spec.role} instance on port {spec.port} (log: {handle.log})",
         )  # fmt: skip
+
+
+def plugin_state(url: str, timeout_s: float = 60.0) -> Any:
+    """``internal_states[0].mepic_sglang`` of ``url``'s ``/server_info`` (plugin loaded)."""
+    info = requests.get(f"{url}/server_info", timeout=timeout_s).json()
+    return info["internal_states"][0]["mepic_sglang"]
 
 
 def wait_healthy(

@@ -22,9 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import requests
-
-from disagg.launcher import Handle, InstanceSpec, Launcher
+from disagg.launcher import Handle, InstanceSpec, Launcher, plugin_state
 
 
 class Started(NamedTuple):
@@ -36,9 +34,7 @@ class Started(NamedTuple):
 
 def weights_report(url: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """The ``weights`` entry of the plugin's state in ``url``'s ``/server_info``."""
-    info = requests.get(f"{url}/server_info", timeout=timeout_s).json()
-    state = info["internal_states"][0]["mepic_sglang"]
-    return dict(state.get("weights") or {})
+    return dict(plugin_state(url, timeout_s).get("weights") or {})
 
 
 def start_instance(

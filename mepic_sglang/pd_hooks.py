@@ -39,13 +39,14 @@ def pd_mode(server_args: Any) -> str | None:
 
 
 def transfers_weights(server_args: Any) -> bool:
-    """Serves its weights to new instances, or loads them from one, with Mooncake."""
-    seed = bool(
-        getattr(server_args, "remote_instance_weight_loader_start_seed_via_transfer_engine", False)
-    )
-    remote = str(getattr(server_args, "load_format", "")) == "remote_instance"
-    backend = str(getattr(server_args, "remote_instance_weight_loader_backend", ""))
-    return seed or (remote and backend == "transfer_engine")
+    """Serves its weights to new instances, or loads them from one, with Mooncake (SGLang's
+    own test: a seed, or ``--load-format remote_instance`` over the transfer engine)."""
+    from sglang.srt.arg_groups.overrides import remote_instance_transfer_engine_of
+
+    try:
+        return bool(remote_instance_transfer_engine_of(server_args))
+    except AttributeError:  # NOTE: a partial record (Engine users, tests): no weight fields
+        return False
 
 
 def on_cpu(server_args: Any) -> bool:

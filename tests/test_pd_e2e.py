@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,24 +61,20 @@ def run_in_netns(script: str, out: Path) -> dict:
     return result
 
 
-@pytest.fixture(scope="module")
-def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_in_netns("pd_scenario.py", tmp_path_factory.mktemp("pd"))
+def netns_fixture(script: str) -> Any:
+    """A module-scoped fixture: the result of ``tests/<script>`` run in a network namespace."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> dict:
+        return run_in_netns(script, tmp_path_factory.mktemp(script.removesuffix(".py")))
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def d2d_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_in_netns("d2d_scenario.py", tmp_path_factory.mktemp("d2d"))
-
-
-@pytest.fixture(scope="module")
-def scale_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_in_netns("pd_scale_scenario.py", tmp_path_factory.mktemp("pd_scale"))
-
-
-@pytest.fixture(scope="module")
-def switch_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_in_netns("pd_switch_scenario.py", tmp_path_factory.mktemp("pd_switch"))
+scenario = netns_fixture("pd_scenario.py")
+d2d_scenario = netns_fixture("d2d_scenario.py")
+scale_scenario = netns_fixture("pd_scale_scenario.py")
+switch_scenario = netns_fixture("pd_switch_scenario.py")
 
 
 def test_pd_matches_collocated_greedy_output(scenario: dict) -> None:

@@ -61,6 +61,7 @@ def test_cpu_defaults_for_weight_transfer(monkeypatch: pytest.MonkeyPatch) -> No
     args = SimpleNamespace(
         device="cpu", host="127.0.0.1", disaggregation_mode="null", load_format="remote_instance",
         remote_instance_weight_loader_backend="transfer_engine",
+        remote_instance_weight_loader_start_seed_via_transfer_engine=False,
     )  # fmt: skip
     pd_hooks.apply_cpu_defaults(args)
     import os
@@ -68,7 +69,13 @@ def test_cpu_defaults_for_weight_transfer(monkeypatch: pytest.MonkeyPatch) -> No
     assert os.environ[pd_hooks.PROTOCOL_ENV] == "tcp"
     assert os.environ[pd_hooks.HOST_IP_ENV] == "127.0.0.1"
     assert pd_hooks.EARLY_SEND_ENV not in os.environ  # a P/D-only setting
-    plain = SimpleNamespace(device="cpu", host="127.0.0.1", load_format="auto")
+    plain = SimpleNamespace(
+        device="cpu",
+        host="127.0.0.1",
+        load_format="auto",
+        remote_instance_weight_loader_backend="nccl",
+        remote_instance_weight_loader_start_seed_via_transfer_engine=False,
+    )
     assert not pd_hooks.transfers_weights(plain)
 
 
