@@ -1,17 +1,20 @@
-"""Scheduler-side MEPIC hooks: admission, the non-contiguous extend, release.
+"""Scheduler-side MEPIC hooks: the non-contiguous extend and release (admission:
+:mod:`mepic_sglang.chunk_admission`).
 
 Life of a MEPIC request in the scheduler (hook targets are rows of :mod:`mepic_sglang.hooks`)::
 
     step                         SGLang does                       we do
     ---------------------------  --------------------------------  -------------------------------
     match_prefix (chunk_cache)   prefix_len := S (shared tokens)   plan; skip radix insert
-    _select_prefill_admission    budget for L - S tokens           + scratch heads; never chunk
-    _commit_prefill_admission    lock last_node                    acquire warm chunk entries
+    _select_prefill_admission    budget for L - S tokens           + scratch heads; never chunk (*)
+    _commit_prefill_admission    lock last_node                    acquire warm chunk entries (*)
     prepare_for_extend           row = [S shared | L-S fresh]      row -> logical order, scratch,
                                  extend ids = fill[S:]             extend ids/slots, publish cold
     ForwardBatch.init_new        positions = S..L-1                real positions, attention groups
     release_kv_cache             free row[cpl:owned)               row -> [shared | private] first,
                                                                    free scratch, release entries
+
+(*) in :mod:`mepic_sglang.chunk_admission`.
 
 ``cache_protected_len`` of a MEPIC request counts its shared tokens (warm + published), which the
 store accounts for; SGLang's "uncached" count is then exactly its private pages.
@@ -26,7 +29,6 @@ from typing import Any
 
 import torch
 
-from mepic_sglang.chunk_cache import REQ_PLAN, drop_layout, req_layout
 from mepic_sglang.chunk_plan import ExtendLayout, Plan, extend_layout, logical_row
 
 logger = logging.getLogger(__name__)
@@ -57,64 +59,6 @@ class ReqExtend:
 
 def _store(tree_cache: Any) -> Any:
     return tree_cache.mepic_store
-
-
-# ---- admission ---------------------------------------------------------------------------------
-def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) -> Any:
-    """Budget the scratch heads of cold chunks; a MEPIC extend is never split (chunked)."""
-    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
-    if plan is None:
-        return original(adder, req, **kwargs)
-    # NOTE: stock admission pins the matched prefix while it checks the budget; our prefix is
-    # the warm entries, which still count as evictable until commit acquires them.
-    store = _store(adder.tree_cache)
-    unpinned = sum(u.end - u.shared_start for u in plan.warm if store.entries[u.key].refs == 0)
-    extra = plan.scratch_tokens + _copy_tokens(adder.tree_cache, plan)
-    kwargs["total_tokens"] = kwargs["total_tokens"] + extra + unpinned
-    result = original(adder, req, **kwargs)
-    if getattr(result, "is_chunked", False):
-        # NOTE: a chunked prefill would continue from row[:prefix_len] as a plain prefix; the
-        # request waits for a round with room for its whole extend (the tokenizer side refuses
-        # prompts longer than --chunked-prefill-size). If it does not fit even as the round's
-        # first request (e.g. re-admitted after retraction with its outputs), it is served as a
-        # plain, chunkable request from the next round on, so the queue never stalls behind it.
-        from sglang.srt.managers.schedule_policy import AddReqResult
-
-        if not adder.can_run_list:
-            drop_layout(req, "its extend does not fit one prefill step")
-        return AddReqResult.OTHER
-    return result
-
-
-def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> None:
-    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
-    if plan is None:
-        return
-    store = _store(adder.tree_cache)
-    keys = [u.key for u in plan.warm]
-    store.acquire(keys)
-    # NOTE: SGLang charged the round's budget for the extend only; charge the scratch heads too,
-    # so the requests admitted after this one in the same round still fit (PrefillBudget).
-    budget = getattr(adder, "memory_budget", None)
-    extra = plan.scratch_tokens + _copy_tokens(adder.tree_cache, plan)
-    if extra and budget is not None and hasattr(budget, "total_offset"):
-        budget.total_offset += extra
-        budget.current_offset += extra
-    if plan.scratch_tokens:  # the scratch heads are computed too: charge the compute budgets
-        adder.rem_input_tokens -= plan.scratch_tokens
-        if adder.rem_chunk_tokens is not None:
-            adder.rem_chunk_tokens -= plan.scratch_tokens
-    store.stats.hits += len(plan.warm)
-    store.stats.misses += len(plan.cold)
-    setattr(req, REQ_STATE, ReqState(plan, acquired=keys))
-    adder.tree_cache.mepic_metrics.sync(store)
-
-
-def _copy_tokens(tree_cache: Any, plan: Plan) -> int:
-    """Tokens of private warm-chunk copies this request allocates (--mepic-chunk-copies)."""
-    if not getattr(tree_cache, "mepic_copies", False):
-        return 0
-    return sum(u.end - u.shared_start for u in plan.warm)
 
 
 # ---- the extend --------------------------------------------------------------------------------
@@ -151,7 +95,7 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
             logger.warning(
                 "rid %s: no room for scratch heads; cold chunks computed in context", req.rid
             )
-            plan = dataclasses.replace(plan, uses=plan.warm)
+            plan = dataclasses.replace(plan, uses=plan.warm, in_context=len(plan.cold))
             state.plan = plan
             scratch = _alloc_scratch(tree_cache, 0)
         assert scratch is not None
@@ -164,7 +108,7 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
         warm_slots = [store.entries[u.key].slots for u in plan.warm]
         row = logical_row(plan, old_row[: plan.prefix], warm_slots, fresh)
         _assert_not_shared(store, fresh, scratch)
-        if _copy_tokens(tree_cache, plan):
+        if plan.copy_tokens:
             _copy_warm_spans(req, state, tree_cache, row)
         row_table[idx, : plan.total_len] = row.to(row_table.device, row_table.dtype)
         fill = torch.as_tensor(list(req.full_untruncated_fill_ids), dtype=torch.int64)
@@ -202,7 +146,7 @@ def _copy_warm_spans(req: Any, state: ReqState, tree_cache: Any, row: torch.Tens
     """--mepic-chunk-copies: give the request private copies of its warm spans (``row`` is
     updated in place) and stop holding the shared entries, as an EPIC-style system would."""
     plan = state.plan
-    n = _copy_tokens(tree_cache, plan)
+    n = plan.copy_tokens
     dst = _alloc_scratch(tree_cache, n)
     if dst is None:
         logger.warning("rid %s: no room for private chunk copies; reading shared pages", req.rid)

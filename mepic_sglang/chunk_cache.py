@@ -98,6 +98,8 @@ class MepicRadixCache(UnifiedRadixCache):
         except PlanError as e:
             drop_layout(req, str(e))
             return super().match_prefix(params)
+        if self.mepic_copies:
+            plan = dataclasses.replace(plan, copy_warm=True)
         base = self.tree_core.empty_match_result
         if plan.lead >= self.page_size:
             # The leading text (a system prompt) is an ordinary prefix: match it in the tree.

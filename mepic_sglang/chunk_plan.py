@@ -24,6 +24,7 @@ it is matched in and, when the request finishes, inserted into SGLang's radix tr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -60,6 +61,8 @@ class Plan:
     uses: tuple[ChunkUse, ...]
     lead: int = 0  # end of the leading text (before the first chunk), page aligned; 0: none
     prefix: int = 0  # leading tokens served from the radix tree (<= lead)
+    copy_warm: bool = False  # --mepic-chunk-copies: read private copies of the warm spans
+    in_context: int = 0  # cold chunks computed in context (not published): no room (fit_extra)
 
     @property
     def warm(self) -> tuple[ChunkUse, ...]:
@@ -84,6 +87,16 @@ class Plan:
         return sum(u.head for u in self.cold)
 
     @property
+    def copy_tokens(self) -> int:
+        """Tokens of private warm-span copies this request allocates (--mepic-chunk-copies)."""
+        return sum(u.end - u.shared_start for u in self.warm) if self.copy_warm else 0
+
+    @property
+    def extra_tokens(self) -> int:
+        """KV this request holds beyond its row: scratch heads and private copies."""
+        return self.scratch_tokens + self.copy_tokens
+
+    @property
     def computed_tokens(self) -> int:
         """Tokens this request's extend computes, scratch heads included."""
         return self.total_len - self.cached_tokens + self.scratch_tokens
@@ -95,6 +108,31 @@ class Plan:
         for u in self.warm:
             keep[u.shared_start : u.end] = False
         return torch.nonzero(keep).flatten()
+
+
+def fit_extra(plan: Plan, room: int) -> Plan:
+    """``plan`` with :attr:`Plan.extra_tokens` <= ``room`` (``plan`` itself when it fits).
+
+    Private copies go first (a baseline mode; the shared pages serve the same KV). Then cold
+    chunks are kept for standalone encoding in prompt order while their scratch heads fit; the
+    others are computed in context like text (exact KV for this request, nothing published), and
+    counted in :attr:`Plan.in_context`. Served positions (``cached_tokens``) never change."""
+    if plan.extra_tokens <= room:
+        return plan
+    if plan.copy_warm:
+        plan = dataclasses.replace(plan, copy_warm=False)
+        if plan.extra_tokens <= room:
+            return plan
+    kept: list[ChunkUse] = []
+    scratch = dropped = 0
+    for u in plan.uses:
+        if not u.warm:
+            if scratch + u.head > room:
+                dropped += 1
+                continue
+            scratch += u.head
+        kept.append(u)
+    return dataclasses.replace(plan, uses=tuple(kept), in_context=plan.in_context + dropped)
 
 
 def parse_layout(

@@ -44,6 +44,7 @@ class StoreStats:
     duplicates: int = 0  # computed by a request but already published by another
     evictions: int = 0
     evicted_tokens: int = 0
+    in_context: int = 0  # cold chunks computed in context, not published (no room for scratch)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class ChunkStore:
             "duplicates": s.duplicates,
             "evictions": s.evictions,
             "evicted_pages": s.evicted_tokens // self.page_size,
+            "in_context": s.in_context,
         }
 
     def _next_tick(self) -> int:

@@ -135,6 +135,25 @@ class PluginArgs:
         "(mepic_sglang.weights.sha256), e.g. to check a scale-out copied weights bit for bit. "
         "Reads every weight once at start-up.",
     )
+    mepic_require_cache_salt: bool = flag(
+        False,
+        "Every generate request must carry a non-empty cache_salt (HTTP 400 otherwise), so that "
+        "requests of different tenants never share cached KV (chunk pages or radix prefixes) "
+        "by accident.",
+    )
+    mepic_shutdown_timeout: float = flag(
+        0.0,
+        "Bounded graceful shutdown: on SIGTERM refuse new requests (HTTP 503), let in-flight "
+        "requests finish for up to this many seconds (aborting those whose client left), abort "
+        "the rest (finish reason abort, HTTP 503), then exit. 0: SGLang's own shutdown (drains "
+        "without a time limit and keeps admitting).",
+    )
+    mepic_stall_timeout: float = flag(
+        60.0,
+        "Liveness: seconds requests may wait without the scheduler running a batch before it "
+        "counts as stalled (/server_info and /metrics say so, /health_generate fails until it "
+        "recovers). 0: off.",
+    )
     mepic_compat_check: str = flag(
         "strict",
         "What to do when the installed SGLang is not the version this plugin was built for, or a "
@@ -146,7 +165,12 @@ class PluginArgs:
     @property
     def any_feature_enabled(self) -> bool:
         """True when some flag changes SGLang's behaviour (not just observability)."""
-        return self.enable_mepic or self.slo_configured
+        return (
+            self.enable_mepic
+            or self.slo_configured
+            or self.mepic_require_cache_salt
+            or self.mepic_shutdown_timeout > 0
+        )
 
     @property
     def slo_configured(self) -> bool:
@@ -207,6 +231,9 @@ class PluginArgs:
         if not self.mepic_d2d_timeout_s > 0:
             got = self.mepic_d2d_timeout_s
             out.append(f"argument --mepic-d2d-timeout-s: must be > 0, got {got}")
+        for name in ("mepic_shutdown_timeout", "mepic_stall_timeout"):
+            if not getattr(self, name) >= 0:
+                out.append(f"argument {cli_name(name)}: must be >= 0, got {getattr(self, name)}")
         if self.mepic_recompute_k < 1:
             out.append(f"argument --mepic-recompute-k: must be >= 1, got {self.mepic_recompute_k}")
         if self.enable_mepic:

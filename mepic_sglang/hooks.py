@@ -13,19 +13,27 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | Scheduler.get_internal_state             | AFTER | ``/server_info`` shows the scheduler's view   |
 | Scheduler.get_next_batch_to_run          | AFTER | sample KV pool use (peak/mean in server_info) |
 | {Llama,Qwen2,Qwen3}Attention.__init__    | AFTER | NoPE keys: rotate q only, hand RoPE to attn   |
-| TokenizerManager.generate_request        | AROUND| chunk segments -> page ids; SLO fields, meta  |
+| TokenizerManager.generate_request        | AROUND| chunk segments -> page ids; SLO fields, meta; |
+|                                          |       | field checks; 503 while shutting down         |
+| TokenizerManager._create_tokenized_object| BEFORE| THE token-id gate: ids outside vocab -> 400   |
+| TokenizerManager.get_internal_state      | AROUND| request ids in /server_info for admins only   |
+| TokenizerManager.sigterm_watchdog        | AROUND| bounded graceful shutdown                     |
+| utils.auth.decide_request_auth           | AFTER | remember whether the caller is an admin       |
+| utils.common.build_server_info           | AFTER | /server_info: API keys and password redacted  |
 | build_endpoint_weight_version_metadata   | AFTER | OpenAI responses: metadata.slo / .mepic       |
-| PrefillAdder._select_prefill_admission   | AROUND| budget scratch heads; never chunk MEPIC reqs  |
+| PrefillAdder._select_prefill_admission   | AROUND| fit extra KV to the pool; never chunk MEPIC   |
 | PrefillAdder._commit_prefill_admission   | AFTER | acquire the shared chunk entries a req reads  |
 | ScheduleBatch.prepare_for_extend         | AFTER | non-contiguous extend: row, ids, slots        |
 | ForwardBatch.init_new                    | AFTER | real positions + attention groups             |
 | mem_cache.common.release_kv_cache        | BEFORE| row back to [shared | private]; release refs  |
 | Scheduler.get_output_streamer_class      | AFTER | per-request mepic_* numbers sent once         |
 | Scheduler.init_schedule_policy           | AROUND| ``--schedule-policy multi-slo``: wrap policy  |
-| Scheduler._add_request_to_queue          | AROUND| SLO arrival decision: 429 / best-effort       |
+| Scheduler._add_request_to_queue          | AROUND| arrival: MEPIC longer than a step -> 400;     |
+|                                          |       | SLO decision: 429 / best-effort               |
 | Scheduler.get_new_batch_prefill          | AROUND| preempt running requests for an urgent one    |
 | Scheduler.get_prefill_adder_class        | AFTER | clamp a prefill step to the SLO budget        |
 | Scheduler.run_batch                      | AROUND| step times -> the SLO latency model           |
+| Scheduler.maybe_send_health_check_signal | AROUND| liveness: no health ack while stalled         |
 | PrefillBootstrapQueue.create_sender      | AFTER | P/D on CPU: no pinned host-index transfers    |
 | DecodeMixin._get_new_prebuilt_batch      | AROUND| P/D decode: SLO order, TPOT-guarded admission |
 | SchedulerReqTimeStats.set_decode_prebuilt_finish_time | AFTER | P/D decode: first-token time |
@@ -48,12 +56,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from mepic_sglang import (
+    chunk_admission,
     chunk_batch,
     flags,
+    input_guard,
+    liveness,
     nope,
     observe,
     pd_hooks,
+    privacy,
     request_api,
+    shutdown,
     slo_hooks,
     slo_request,
     weights_hooks,
@@ -71,6 +84,7 @@ _SERVER_ARGS = "sglang.srt.server_args.ServerArgs"
 _SCHEDULER = "sglang.srt.managers.scheduler.Scheduler"
 _ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
 _LOADER = "sglang.srt.model_loader.loader"
+_TOKENIZER = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _ATTENTION_INIT = {
     "sglang.srt.models.llama.LlamaAttention.__init__": (
         "self", "config", "hidden_size", "num_heads", "num_kv_heads", "layer_id", "start_layer",
@@ -115,10 +129,40 @@ HOOKS: tuple[HookSpec, ...] = (
         for target, params in _ATTENTION_INIT.items()
     ),
     HookSpec(
-        "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request",
+        f"{_TOKENIZER}.generate_request",
         "AROUND",
         request_api.around_generate_request,
         ("self", "obj", "request"),
+    ),
+    HookSpec(
+        f"{_TOKENIZER}._create_tokenized_object",
+        "BEFORE",
+        input_guard.before_create_tokenized_object,
+        ("self", "obj", "input_text", "input_ids", "input_embeds", "mm_inputs", "token_type_ids"),
+    ),
+    HookSpec(
+        f"{_TOKENIZER}.get_internal_state",
+        "AROUND",
+        privacy.around_get_internal_state,
+        ("self",),
+    ),
+    HookSpec(
+        f"{_TOKENIZER}.sigterm_watchdog",
+        "AROUND",
+        shutdown.around_sigterm_watchdog,
+        ("self",),
+    ),
+    HookSpec(
+        "sglang.srt.utils.common.build_server_info",
+        "AFTER",
+        privacy.after_build_server_info,
+        ("server_args", "scheduler_info"),
+    ),
+    HookSpec(
+        "sglang.srt.utils.auth.decide_request_auth",
+        "AFTER",
+        privacy.after_decide_request_auth,
+        ("method", "path", "authorization_header", "api_key", "admin_api_key", "auth_level"),
     ),
     HookSpec(
         "sglang.srt.utils.weight_versions.build_endpoint_weight_version_metadata",
@@ -129,7 +173,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(
         f"{_ADDER}._select_prefill_admission",
         "AROUND",
-        chunk_batch.around_select_admission,
+        chunk_admission.around_select_admission,
         (
             "self",
             "req",
@@ -143,7 +187,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(
         f"{_ADDER}._commit_prefill_admission",
         "AFTER",
-        chunk_batch.after_commit_admission,
+        chunk_admission.after_commit_admission,
         ("self", "req", "admission", "mamba_gap_reserve"),
     ),
     HookSpec(
@@ -184,6 +228,12 @@ HOOKS: tuple[HookSpec, ...] = (
         "AROUND",
         slo_hooks.around_add_request_to_queue,
         ("self", "req", "is_retracted"),
+    ),
+    HookSpec(
+        f"{_SCHEDULER}.maybe_send_health_check_signal",
+        "AROUND",
+        liveness.around_health_check_signal,
+        ("self",),
     ),
     HookSpec(
         f"{_SCHEDULER}.get_new_batch_prefill",
@@ -273,6 +323,24 @@ REGISTRY_SEAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
     ("sglang.srt.mem_cache.registry.register_radix_cache_backend", ("name", "factory")),
     ("sglang.srt.mem_cache.registry.create_unified_radix_cache", ("ctx", "cache_class")),
+    # SGLang functions the plugin calls that are not public API (shutdown.py, chunk_admission.py)
+    (f"{_TOKENIZER}._dispatch_to_scheduler", ("self", "obj")),
+    (f"{_TOKENIZER}.abort_request", ("self", "rid", "abort_all")),
+    (
+        "sglang.srt.managers.schedule_batch.Req.set_finish_with_abort",
+        ("self", "error_msg", "status_code", "err_type"),
+    ),
+    (
+        "sglang.srt.managers.io_struct.AbortReq",
+        (
+            "rid",
+            "http_worker_ipc",
+            "abort_all",
+            "finished_reason",
+            "abort_message",
+            "weight_versions",
+        ),
+    ),  # fmt: skip
     # SGLang methods the chunk cache calls on itself (mepic_sglang/chunk_cache.py, chunk_batch.py)
     (
         "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree",

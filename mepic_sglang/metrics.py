@@ -19,6 +19,7 @@ COUNTERS = {
     "published": "Chunks whose pages became shared",
     "evictions": "Chunk entries evicted (LRU, unreferenced)",
     "evicted_pages": "Shared pages freed by eviction",
+    "in_context": "Cold chunks computed in context and not published (no room for their scratch)",
 }
 GAUGES = {
     "chunks": "Chunk entries in the store",

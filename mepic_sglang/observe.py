@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mepic_sglang import __version__, compat, nope, slo_hooks, weights_hooks
+from mepic_sglang import __version__, compat, liveness, nope, slo_hooks, weights_hooks
 from mepic_sglang.flags import get_plugin_args
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ def plugin_state(server_args: Any) -> dict[str, Any]:
 
 
 def after_scheduler_init(result: None, scheduler: Any, *args: Any, **kwargs: Any) -> None:
-    """AFTER ``Scheduler.__init__``: one log line per scheduler process."""
+    """AFTER ``Scheduler.__init__``: one log line per scheduler process; the liveness watch."""
     state = plugin_state(scheduler.server_args)
+    liveness.attach(scheduler, get_plugin_args(scheduler.server_args).mepic_stall_timeout)
     logger.info(
         "mepic-sglang %s active in scheduler pid %d: %s",
         state["version"],
@@ -102,9 +103,13 @@ def _used_tokens(scheduler: Any) -> int:
 
 
 def after_next_batch(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
-    """AFTER ``Scheduler.get_next_batch_to_run``: sample the pool for :class:`PoolUsage`."""
+    """AFTER ``Scheduler.get_next_batch_to_run``: sample the pool for :class:`PoolUsage`; one step
+    for the liveness watch."""
+    ran = getattr(result, "batch_to_run", None) is not None
     usage = scheduler.__dict__.setdefault(USAGE_ATTR, PoolUsage())
-    usage.sample(_used_tokens(scheduler), getattr(result, "batch_to_run", None) is not None)
+    usage.sample(_used_tokens(scheduler), ran)
+    if (watch := liveness.of(scheduler)) is not None:
+        watch.observe(scheduler, ran_batch=ran)
     return result
 
 
@@ -176,5 +181,12 @@ def after_get_internal_state(result: Any, scheduler: Any, *args: Any, **kwargs: 
         state["attention"] = attention
     if (slo := slo_hooks.runtime_of(scheduler)) is not None:
         state["slo"] = slo.state()
+    if (watch := liveness.of(scheduler)) is not None:
+        watch.refresh(scheduler)
+        state["liveness"] = {
+            **watch.state(),
+            "waiting_requests": len(scheduler.waiting_queue),
+            "running_requests": len(scheduler.running_batch.reqs),
+        }
     result.internal_state[INTERNAL_STATE_KEY] = state
     return result

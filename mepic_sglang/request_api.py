@@ -12,6 +12,11 @@ with ``--enable-mepic``, it
    ``sampling_params.custom_params`` (``mepic_regions``, ``mepic_chunk_keys``) for the scheduler,
 4. adds ``meta_info["mepic"]`` (chunks, pad tokens, page size, shared and recomputed tokens) to
    every output.
+
+The same hook first checks the fields every generate request may carry
+(:mod:`mepic_sglang.input_guard`), stamps SLOs (:mod:`mepic_sglang.slo_request`), refuses new
+requests with HTTP 503 once a bounded shutdown began and tracks in-flight HTTP requests for it
+(:mod:`mepic_sglang.shutdown`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mepic_sglang import chat_parts, slo_request
-from mepic_sglang.flags import get_plugin_args
+from mepic_sglang import chat_parts, input_guard, shutdown, slo_request
+from mepic_sglang.flags import PluginArgs, get_plugin_args
 from mepic_sglang.layout import KIND_CODE, Layout, build_layout
 from mepic_sglang.segments import Segment, SegmentError, parse_segments, split_by_separator
+from mepic_sglang.slo_flags import MULTI_SLO
+from scheduler_patch.slo import Slo
 
 BODY_KEY = "mepic_segments"
 META_KEY = "mepic"
@@ -157,7 +164,7 @@ async def _requested_segments(
     if raw is not None:
         if not isinstance(obj.text, str | None) or obj.input_ids is not None:
             raise SegmentError(f"{BODY_KEY} takes one prompt: send no input_ids and no batch")
-        segments = parse_segments(raw)
+        segments = parse_segments(raw, input_guard.vocab_size_of(manager))
         # NOTE: the prompt may repeat the segments' text, so that the same request also works
         # (unsegmented) on a server without MEPIC; OpenAI completions need a non-empty prompt.
         if obj.text and obj.text != "".join(s.text or "\0" for s in segments):
@@ -172,41 +179,10 @@ async def _requested_segments(
     return None
 
 
-def check_reserved(obj: Any) -> None:
-    """Every request on a MEPIC server: the plugin's ``custom_params`` keys are its own."""
-    params = obj.sampling_params
-    for sampling in params if isinstance(params, list) else [params]:
-        custom = sampling.get("custom_params") if isinstance(sampling, dict) else None
-        if isinstance(custom, dict) and any(str(k).startswith("mepic_") for k in custom):
-            raise SegmentError(
-                "custom_params keys starting with 'mepic_' are reserved for the plugin"
-            )
-
-
-class InputIdError(ValueError):
-    """A request's token ids are outside the model's vocabulary (HTTP 400)."""
-
-
-def check_input_ids(manager: Any, obj: Any) -> None:
-    """Every request with token ids: each id must be in the vocabulary.
-
-    NOTE: stock SGLang 0.5.23 forwards such ids to the embedding, whose IndexError kills the
-    scheduler (the whole server); here the request gets a 400 instead."""
-    ids = obj.input_ids
-    if not ids:
-        return
-    vocab = int(getattr(manager.model_config, "vocab_size", 0) or 0)
-    rows = ids if isinstance(ids[0], list) else [ids]
-    for row in rows:
-        if row and (min(row) < 0 or (vocab and max(row) >= vocab)):
-            bad = next(t for t in row if t < 0 or (vocab and t >= vocab))
-            raise InputIdError(
-                f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab})"
-            )
-
-
-def check_request(manager: Any, obj: Any, layout: Layout) -> None:
-    """What a chunked request cannot ask for (HTTP 400 via SegmentError)."""
+def check_request(obj: Any) -> None:
+    """What a chunked request cannot ask for (HTTP 400 via SegmentError). Its length against
+    the prefill step is checked by the scheduler, which knows its own ``chunked_prefill_size``
+    (:mod:`mepic_sglang.chunk_admission`)."""
     if getattr(obj, "session_params", None):
         raise SegmentError("requests with chunks cannot be part of a session (session_params)")
     start = getattr(obj, "logprob_start_len", None)
@@ -214,12 +190,6 @@ def check_request(manager: Any, obj: Any, layout: Layout) -> None:
         raise SegmentError(
             "input-token logprobs (logprob_start_len >= 0) are not available for requests with "
             "chunks: chunk tokens are read from shared pages, not computed"
-        )
-    limit = getattr(manager.server_args, "chunked_prefill_size", None)
-    if limit is not None and 0 < limit < len(layout.token_ids):
-        raise SegmentError(
-            f"the laid-out prompt has {len(layout.token_ids)} tokens; a request with chunks is "
-            f"prefilled in one step, so it must fit --chunked-prefill-size ({limit})"
         )
 
 
@@ -256,38 +226,75 @@ def plan(
     )
 
 
+def _ready_for_error(obj: Any) -> None:
+    """A request refused before SGLang normalised it still gets a clean 4xx/503.
+
+    NOTE: SGLang's streaming ``/generate`` schedules a background abort that reads
+    ``obj.is_single``, which only normalisation sets; without it every refused streaming request
+    logged an ``AttributeError`` traceback. Nothing was registered for the request, so ``True``
+    (abort ``[obj.rid]``, a no-op) is right even for a batch."""
+    if getattr(obj, "is_single", None) is None:
+        obj.is_single = True
+
+
+async def _prepare(
+    manager: Any, args: PluginArgs, obj: Any, request: Any
+) -> tuple[Slo | None, Layout | None]:
+    """Check a generate request's fields and rewrite a chunked prompt into its page layout;
+    returns its SLO and layout (None when it has none). Raises ``ValueError`` (HTTP 400)."""
+    if args.mepic_require_cache_salt:
+        input_guard.check_cache_salt(obj, required=True, single=False)
+    input_guard.check_reserved_keys(
+        obj,
+        mepic=args.enable_mepic,
+        slo_scheduling=getattr(manager.server_args, "schedule_policy", None) == MULTI_SLO,
+    )
+    slo = slo_request.prepare(manager, obj, request)
+    if not args.enable_mepic:
+        return slo, None
+    found = await _requested_segments(manager, obj, request)
+    if found is None:
+        return slo, None
+    input_guard.check_cache_salt(obj, required=False, single=True)
+    check_request(obj)
+    layout = plan(manager, obj, *found)
+    obj.text = None
+    obj.input_ids = list(layout.token_ids)
+    sampling = dict(obj.sampling_params or {})
+    sampling["custom_params"] = {**(sampling.get("custom_params") or {}), **custom_params(layout)}
+    obj.sampling_params = sampling
+    return slo, layout
+
+
 def around_generate_request(
     original: Callable[..., AsyncIterator[Any]], manager: Any, obj: Any, request: Any = None
 ) -> AsyncIterator[Any]:
     """AROUND ``TokenizerManager.generate_request`` (an async generator)."""
 
     async def run() -> AsyncIterator[Any]:
-        layout = None
-        mepic_on = get_plugin_args(manager.server_args).enable_mepic
-        generate = type(obj).__name__ == "GenerateReqInput"
-        if generate:
-            check_input_ids(manager, obj)
-        slo = slo_request.prepare(manager, obj, request) if generate else None
-        if mepic_on and generate:
-            check_reserved(obj)
-            found = await _requested_segments(manager, obj, request)
-            if found is not None:
-                layout = plan(manager, obj, *found)
-                check_request(manager, obj, layout)
-                obj.text = None
-                obj.input_ids = list(layout.token_ids)
-                sampling = dict(obj.sampling_params or {})
-                sampling["custom_params"] = {
-                    **(sampling.get("custom_params") or {}),
-                    **custom_params(layout),
-                }
-                obj.sampling_params = sampling
+        args = get_plugin_args(manager.server_args)
+        slo: Slo | None = None
+        layout: Layout | None = None
+        try:
+            if shutdown.refusing(manager, args.mepic_shutdown_timeout):
+                raise shutdown.ShuttingDown()
+            if type(obj).__name__ == "GenerateReqInput":
+                slo, layout = await _prepare(manager, args, obj, request)
+        except ValueError:
+            _ready_for_error(obj)
+            raise
+        drain = (
+            shutdown.drain_of(manager, args.mepic_shutdown_timeout)
+            if args.mepic_shutdown_timeout > 0
+            else None
+        )
+        token = drain.track(obj, request) if drain is not None else None
         seen: dict[str, int] = {}
         try:
             async for out in original(manager, obj, request):
                 meta_info = out.get("meta_info") if isinstance(out, dict) else None
                 if isinstance(meta_info, dict):
-                    if mepic_on:
+                    if args.enable_mepic:
                         if layout is not None:
                             meta_info[META_KEY] = meta(layout, meta_info, seen)
                         else:
@@ -300,5 +307,8 @@ def around_generate_request(
             if slo is not None and getattr(e, "status_code", None) == slo_request.REJECT_STATUS:
                 slo_request.finish(manager, slo, {"finish_reason": {"status_code": 429}})
             raise
+        finally:
+            if drain is not None:
+                drain.untrack(token)
 
     return run()

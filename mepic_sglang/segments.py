@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mepic_sglang.input_guard import token_id_problem
+
 SegmentKind = Literal["chunk", "text"]
 MAX_SEGMENTS = 4096
 _FORMS: dict[str, tuple[SegmentKind, bool]] = {  # key -> (kind, is_token_ids)
@@ -50,7 +52,7 @@ class Segment:
         assert (self.text is None) != (self.token_ids is None), "exactly one of text/token_ids"
 
 
-def _parse_item(index: int, item: Any) -> Segment:
+def _parse_item(index: int, item: Any, vocab_size: int) -> Segment:
     where = f"mepic_segments[{index}]"
     if not isinstance(item, dict):
         raise SegmentError(f'{where}: expected an object like {{"chunk": "..."}}, got {item!r}')
@@ -65,25 +67,25 @@ def _parse_item(index: int, item: Any) -> Segment:
     kind, is_ids = _FORMS[key]
     value = item[key]
     if is_ids:
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
-        ):
+        if not isinstance(value, list) or not value:
             raise SegmentError(f"{where}.{key}: expected a non-empty list of token ids (ints >= 0)")
+        problem = token_id_problem(value, vocab_size)
+        if problem is not None:
+            raise SegmentError(f"{where}.{key}: {problem}")
         return Segment(kind, token_ids=tuple(value))
     if not isinstance(value, str) or not value:
         raise SegmentError(f"{where}.{key}: expected a non-empty string")
     return Segment(kind, text=value)
 
 
-def parse_segments(value: Any) -> list[Segment]:
-    """Validate an explicit ``mepic_segments`` list."""
+def parse_segments(value: Any, vocab_size: int = 0) -> list[Segment]:
+    """Validate an explicit ``mepic_segments`` list (token ids against ``vocab_size``; 0: only
+    their sign and 64-bit range)."""
     if not isinstance(value, list) or not value:
         raise SegmentError("mepic_segments: expected a non-empty list of segments")
     if len(value) > MAX_SEGMENTS:
         raise SegmentError(f"mepic_segments: at most {MAX_SEGMENTS} segments, got {len(value)}")
-    return [_parse_item(i, item) for i, item in enumerate(value)]
+    return [_parse_item(i, item, vocab_size) for i, item in enumerate(value)]
 
 
 def split_by_separator(prompt: str, separator: str) -> list[Segment] | None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mepic_sglang import chunk_admission
 from mepic_sglang.flags import get_plugin_args
 from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.latency_model import LatencyModel
@@ -59,7 +60,9 @@ def around_init_schedule_policy(original: Callable[..., Any], scheduler: Any) ->
 def around_add_request_to_queue(
     original: Callable[..., Any], scheduler: Any, req: Any, is_retracted: bool = False
 ) -> Any:
-    """AROUND ``Scheduler._add_request_to_queue``: a new request meets the arrival decision."""
+    """AROUND ``Scheduler._add_request_to_queue``: a new request meets the arrival checks: MEPIC's
+    (:func:`mepic_sglang.chunk_admission.check_arrival`), then the SLO decision."""
+    chunk_admission.check_arrival(scheduler, req, is_retracted)
     runtime = runtime_of(scheduler)
     if runtime is None or is_retracted or req.to_finish is not None or _decode_stage(scheduler):
         # NOTE: a P/D decode instance never refuses: the prefill instance gave the verdict

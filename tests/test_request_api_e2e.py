@@ -117,7 +117,7 @@ def test_segments_through_openai_extra_body(server: ServerHandle, tokenizer: Any
     [
         ({"mepic_segments": []}, "non-empty list"),
         ({"mepic_segments": [{"chunk": "a", "text": "b"}]}, "mepic_segments[0]: needs exactly one"),
-        ({"mepic_segments": [{"chunk_ids": ["x"]}]}, "token ids"),
+        ({"mepic_segments": [{"chunk_ids": ["x"]}]}, "mepic_segments[0].chunk_ids: token id 'x'"),
         ({"mepic_segments": [{"chunk": "doc"}], "text": "other text"}, "exactly the concatenation"),
         ({"mepic_segments": [{"chunk_ids": [5]}], "text": "x"}, "exactly the concatenation"),
         ({"mepic_segments": [{"chunk": "doc"}], "input_ids": [1, 2]}, "no input_ids"),
@@ -131,6 +131,25 @@ def test_bad_segments_get_400_and_the_server_keeps_serving(
     assert out.status_code == 400, out.text
     assert message in out.json()["error"]["message"]
     assert _generate(server, text="Hello").status_code == 200
+
+
+def test_a_chunked_prompt_longer_than_the_default_prefill_step_gets_400(
+    server: ServerHandle, tokenizer: Any
+) -> None:
+    # Issue 17: without --chunked-prefill-size the limit was read from an unset launcher-side
+    # field, and such a prompt was served as a plain prompt with its padding and no sharing.
+    info = requests.get(f"{server.url}/server_info", timeout=60).json()
+    limit = int(info["chunked_prefill_size"])  # the value the scheduler resolved (CPU: 4096)
+    assert "--chunked-prefill-size" not in info["launch_command"]
+    doc = " ".join(f"Line {i} of the manual says to check valve {i * 7 % 97}." for i in range(60))
+    per_chunk = len(tokenizer.encode(doc, add_special_tokens=False))
+    n = limit // per_chunk + 2
+    segments = [{"chunk": f"Part {i}. {doc}"} for i in range(n)] + [{"text": "\nSummary:"}]
+    out = _generate(server, mepic_segments=segments)
+    assert out.status_code == 400, out.text[:300]
+    message = out.json()["error"]["message"]
+    assert f"must fit --chunked-prefill-size ({limit})" in message, message
+    assert _generate(server, mepic_segments=segments[-3:]).status_code == 200
 
 
 def test_health_probe_and_warmup_pass_through_the_hook(server: ServerHandle) -> None:

@@ -32,14 +32,26 @@ def test_parse_all_forms() -> None:
         ([{"chunk": "a", "text": "b"}], r"mepic_segments\[0\]: needs exactly one"),
         ([{"text": "a"}, {"document": "b"}], r"mepic_segments\[1\].*unknown key"),
         ([{"chunk": ""}], r"mepic_segments\[0\]\.chunk: expected a non-empty string"),
-        ([{"chunk_ids": [1, -2]}], "token ids"),
-        ([{"chunk_ids": [True]}], "token ids"),
+        ([{"chunk_ids": [1, -2]}], r"mepic_segments\[0\]\.chunk_ids: token id -2 at index 1"),
+        ([{"chunk_ids": [True]}], r"chunk_ids: token id True at index 0"),
+        ([{"chunk_ids": []}], r"chunk_ids: expected a non-empty list of token ids"),
+        ([{"text_ids": [2**63]}], r"text_ids: token id 9223372036854775808 at index 0"),
+        ([{"text_ids": [1.0]}], r"text_ids: token id 1\.0 at index 0"),
         ([["chunk", "a"]], "expected an object"),
     ],
 )
 def test_malformed_segments_name_the_item(value: object, message: str) -> None:
     with pytest.raises(SegmentError, match=message):
         parse_segments(value)
+
+
+def test_segment_token_ids_are_checked_against_the_vocabulary() -> None:
+    # the crash of issue 17: a chunk id equal to the vocabulary size reached the embedding
+    with pytest.raises(SegmentError, match=r"mepic_segments\[0\]\.chunk_ids: token id 49152"):
+        parse_segments([{"chunk_ids": [5, 49152]}, {"text": "Q?"}], vocab_size=49152)
+    assert parse_segments([{"chunk_ids": [5, 49151]}], vocab_size=49152) == [
+        Segment("chunk", token_ids=(5, 49151))
+    ]
 
 
 def test_separator_mode() -> None:

@@ -131,6 +131,12 @@ def test_unattainable_request_is_rejected_with_429_and_the_server_keeps_serving(
         ({"custom_params": {"slo_ttft_ms": "soon"}}, "slo_ttft_ms must be a number"),
         ({"custom_params": {"slo_tpot_ms": -3}}, "slo_tpot_ms must be > 0"),
         ({"custom_params": {"slo_class": "gold"}}, "unknown slo_class 'gold'"),
+        # issue 17: a client-set arrival time jumped the EDF queue (or, 0, forced a 429)
+        ({"custom_params": {"slo_arrival": 0}}, "custom_params.slo_arrival is set by the server"),
+        (
+            {"custom_params": {"slo_ttft_ms": 500, "slo_arrival": 1.0}},
+            "custom_params.slo_arrival is set by the server",
+        ),
     ],
 )
 def test_bad_slo_fields_get_400(

@@ -1,0 +1,141 @@
+"""Scheduler-side admission of MEPIC requests: arrival, the prefill round, commit.
+
+A request with chunks may never wait for something that cannot happen, and may not hold up
+requests that could run. Three decisions (hook rows in :mod:`mepic_sglang.hooks`)::
+
+    SGLang step                   question                            answer
+    ----------------------------  ----------------------------------  -----------------------------
+    _add_request_to_queue (new)   can its extend ever run in one      no: HTTP 400 now, naming
+                                  prefill step?                       --chunked-prefill-size
+    _select_prefill_admission     does it fit an EMPTY pool with its  no: fewer cold chunks encoded
+                                  extra KV (scratch heads, copies)?   alone (fit_extra), so it does
+                                  does it fit the pool NOW?           no: wait at the head (FCFS)
+                                  does its whole extend fit what      no, and others were admitted:
+                                  is left of this round's step?       skip it this round (CONTINUE)
+    _commit_prefill_admission     -                                   acquire warm entries, charge
+                                                                      the round for the extra KV
+
+Why "fits an empty pool" is the test that rules out a stall: SGLang caps a request's
+``max_new_tokens`` so that its prompt and output fit the pool when nothing else runs
+(``max_new_tokens_for_memory``); its admission then succeeds once the running requests finish,
+because nothing overtakes the head of an FCFS queue. The scratch heads of cold chunks and private
+copies are on top of that cap; before this check a request whose extra did not fit was never
+admitted and blocked every request behind it. Budget of one request in an empty pool, in tokens::
+
+    | ceil_page(prompt incl. outputs so far) | max_new (clipped) | page + page + 1 | extra |
+    |<------------------------------- pool capacity (--max-total-tokens) ------------------->|
+
+(SGLang's admission reserves one page per request and the cap keeps ``page + 1`` free; the second
+page covers page rounding of the extend.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from mepic_sglang.chunk_batch import REQ_STATE, ReqState
+from mepic_sglang.chunk_cache import REQ_LAYOUT, REQ_PLAN, drop_layout, req_layout
+from mepic_sglang.chunk_plan import Plan, fit_extra
+
+logger = logging.getLogger(__name__)
+# Test-only fault injection: admit with the full extra KV even when it can never fit (the
+# stall this module prevents), so the liveness watch can be tested on a real stall.
+_TEST_NO_POOL_FIT = os.environ.get("MEPIC_TEST_DISABLE_POOL_FIT", "0") not in ("", "0")
+
+
+def room_in_empty_pool(adder: Any, req: Any) -> int:
+    """Extra KV tokens ``req`` may hold and still be admitted by an otherwise empty pool (see the
+    module's budget table; may be negative)."""
+    from sglang.srt.managers.schedule_policy import CLIP_MAX_NEW_TOKENS
+
+    page = int(adder.page_size)
+    capacity = int(adder.token_to_kv_pool_allocator.size)
+    prompt = len(req.full_untruncated_fill_ids)
+    max_new = req.sampling_params.max_new_tokens
+    max_new = min(max(int(max_new or 0) - len(req.output_ids), 0), CLIP_MAX_NEW_TOKENS)
+    return capacity - (-(-prompt // page) * page) - max_new - 2 * page - 1
+
+
+def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) -> Any:
+    """AROUND ``PrefillAdder._select_prefill_admission``: budget the extra KV of a MEPIC request
+    (within what an empty pool can give) and never split (chunk) its extend."""
+    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
+    if plan is None:
+        return original(adder, req, **kwargs)
+    if not _TEST_NO_POOL_FIT:
+        fitted = fit_extra(plan, max(room_in_empty_pool(adder, req), 0))
+        if fitted is not plan:
+            setattr(req, REQ_PLAN, fitted)
+            plan = fitted
+    # NOTE: stock admission pins the matched prefix while it checks the budget; our prefix is
+    # the warm entries, which still count as evictable until commit acquires them.
+    store = adder.tree_cache.mepic_store
+    unpinned = sum(u.end - u.shared_start for u in plan.warm if store.entries[u.key].refs == 0)
+    kwargs["total_tokens"] = kwargs["total_tokens"] + plan.extra_tokens + unpinned
+    result = original(adder, req, **kwargs)
+    if not getattr(result, "is_chunked", False):
+        return result
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    if adder.can_run_list:
+        # NOTE: what is left of this round's step is too small for the whole extend (a chunked
+        # prefill would continue from row[:prefix_len] as a plain prefix). Requests behind it may
+        # still fit the rest of the round; next round it is tried again before them.
+        return AddReqResult.CONTINUE
+    # NOTE: too long even as the round's first request (arrival refuses prompts longer than a
+    # step, so this is a request re-admitted after retraction with its outputs, or a step
+    # narrowed by the SLO budget): from the next round on it is served as a plain, chunkable
+    # request, so the queue never stalls behind it.
+    drop_layout(req, "its extend does not fit one prefill step")
+    return AddReqResult.OTHER
+
+
+def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> None:
+    """AFTER ``PrefillAdder._commit_prefill_admission``: the request holds its warm entries."""
+    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
+    if plan is None:
+        return
+    store = adder.tree_cache.mepic_store
+    keys = [u.key for u in plan.warm]
+    store.acquire(keys)
+    # NOTE: SGLang charged the round's budget for the extend only; charge the scratch heads too,
+    # so the requests admitted after this one in the same round still fit (PrefillBudget).
+    budget = getattr(adder, "memory_budget", None)
+    if plan.extra_tokens and budget is not None and hasattr(budget, "total_offset"):
+        budget.total_offset += plan.extra_tokens
+        budget.current_offset += plan.extra_tokens
+    if plan.scratch_tokens:  # the scratch heads are computed too: charge the compute budgets
+        adder.rem_input_tokens -= plan.scratch_tokens
+        if adder.rem_chunk_tokens is not None:
+            adder.rem_chunk_tokens -= plan.scratch_tokens
+    store.stats.hits += len(plan.warm)
+    store.stats.misses += len(plan.cold) + plan.in_context
+    store.stats.in_context += plan.in_context
+    if plan.in_context:
+        logger.info(
+            "rid %s: %d cold chunk(s) computed in context, not published: their scratch heads "
+            "do not fit the pool next to the prompt and max_new_tokens",
+            req.rid,
+            plan.in_context,
+        )
+    setattr(req, REQ_STATE, ReqState(plan, acquired=keys))
+    adder.tree_cache.mepic_metrics.sync(store)
+
+
+def check_arrival(scheduler: Any, req: Any, is_retracted: bool) -> None:
+    """A new request with chunks whose laid-out prompt can never be prefilled in one step is
+    refused at once (HTTP 400 naming the limit) instead of being served as a plain prompt with
+    its padding and no sharing. Called first by the arrival hook
+    (:func:`mepic_sglang.slo_hooks.around_add_request_to_queue`)."""
+    limit = getattr(scheduler, "chunked_prefill_size", None)
+    if is_retracted or req.to_finish is not None or not limit or req_layout(req) is None:
+        return
+    n = len(req.origin_input_ids)
+    if n > limit:
+        setattr(req, REQ_LAYOUT, False)
+        req.set_finish_with_abort(
+            f"the laid-out prompt has {n} tokens; a request with chunks is prefilled in one "
+            f"step, so it must fit --chunked-prefill-size ({limit})"
+        )
