@@ -11,7 +11,9 @@ requests that could run. Three decisions (hook rows in :mod:`mepic_sglang.hooks`
                                   extra KV (scratch heads, copies)?   alone (fit_extra), so it does
                                   does it fit the pool NOW?           no: wait at the head (FCFS)
                                   does its whole extend fit what      no, and others were admitted:
-                                  is left of this round's step?       skip it this round (CONTINUE)
+                                  is left of this round's step?       skip it this round (CONTINUE);
+                                                                      no chunked prefill starts
+                                                                      behind it this round
     _commit_prefill_admission     -                                   acquire warm entries, charge
                                                                       the round for the extra KV
 
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 # Test-only fault injection: admit with the full extra KV even when it can never fit (the
 # stall this module prevents), so the liveness watch can be tested on a real stall.
 _TEST_NO_POOL_FIT = os.environ.get("MEPIC_TEST_DISABLE_POOL_FIT", "0") not in ("", "0")
+ROUND_ATTR = "_mepic_skipped"  # PrefillAdder attribute (one prefill round): a MEPIC req skipped
 
 
 def room_in_empty_pool(adder: Any, req: Any) -> int:
@@ -61,9 +64,17 @@ def room_in_empty_pool(adder: Any, req: Any) -> int:
 def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) -> Any:
     """AROUND ``PrefillAdder._select_prefill_admission``: budget the extra KV of a MEPIC request
     (within what an empty pool can give) and never split (chunk) its extend."""
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
     plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
     if plan is None:
-        return original(adder, req, **kwargs)
+        result = original(adder, req, **kwargs)
+        if getattr(result, "is_chunked", False) and adder.__dict__.get(ROUND_ATTR):
+            # NOTE: a MEPIC request was skipped earlier in this round for lack of step budget. A
+            # new chunked prefill would take the step ahead of it in every later round (SGLang
+            # resumes a chunked request first), so none starts behind it.
+            return AddReqResult.OTHER
+        return result
     if not _TEST_NO_POOL_FIT:
         fitted = fit_extra(plan, max(room_in_empty_pool(adder, req), 0))
         if fitted is not plan:
@@ -77,12 +88,12 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
     result = original(adder, req, **kwargs)
     if not getattr(result, "is_chunked", False):
         return result
-    from sglang.srt.managers.schedule_policy import AddReqResult
-
     if adder.can_run_list:
         # NOTE: what is left of this round's step is too small for the whole extend (a chunked
         # prefill would continue from row[:prefix_len] as a plain prefix). Requests behind it may
-        # still fit the rest of the round; next round it is tried again before them.
+        # still use the rest of the round, but none may start a chunked prefill (see above);
+        # next round it is tried again before them.
+        adder.__dict__[ROUND_ATTR] = True
         return AddReqResult.CONTINUE
     # NOTE: too long even as the round's first request (arrival refuses prompts longer than a
     # step, so this is a request re-admitted after retraction with its outputs, or a step

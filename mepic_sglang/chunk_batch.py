@@ -38,6 +38,7 @@ BATCH_META = "_mepic_extend"  # ScheduleBatch attribute: {batch index: ReqExtend
 INFO_SHARED = "mepic_chunk_shared_tokens"  # Req.customized_info keys (request level)
 INFO_COMPUTED = "mepic_computed_tokens"
 INFO_PREFIX = "mepic_prefix_tokens"
+INFO_IN_CONTEXT = "mepic_in_context_chunks"
 FB_KEY = "mepic_attention"  # ForwardBatch.model_specific_states key read by the backend
 
 
@@ -95,7 +96,10 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
             logger.warning(
                 "rid %s: no room for scratch heads; cold chunks computed in context", req.rid
             )
-            plan = dataclasses.replace(plan, uses=plan.warm, in_context=len(plan.cold))
+            store.stats.in_context += len(plan.cold)
+            plan = dataclasses.replace(
+                plan, uses=plan.warm, in_context=plan.in_context + len(plan.cold)
+            )
             state.plan = plan
             scratch = _alloc_scratch(tree_cache, 0)
         assert scratch is not None
@@ -129,6 +133,7 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
                 INFO_SHARED: [plan.shared_tokens],
                 INFO_PREFIX: [plan.prefix],
                 INFO_COMPUTED: [new_len],
+                INFO_IN_CONTEXT: [plan.in_context],
             }
         if batch.extend_logprob_start_lens[i] == old_lens[i]:
             batch.extend_logprob_start_lens[i] = new_len

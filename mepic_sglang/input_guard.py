@@ -23,6 +23,7 @@ Errors are :class:`InputError` (a ``ValueError``): SGLang answers HTTP 400 with 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,12 +37,19 @@ class InputError(ValueError):
 def token_id_problem(ids: Sequence[Any], vocab_size: int) -> str | None:
     """Why ``ids`` cannot reach the model (the first bad id and its index), or None.
 
-    Every id must be an ``int`` (not a ``bool``) in ``[0, vocab_size)``; ``vocab_size <= 0``
-    means unknown (only the sign and the 64-bit range are checked)."""
+    Every id must be an integer (``int`` or any ``__index__`` type such as numpy's, not a
+    ``bool``) in ``[0, vocab_size)``; ``vocab_size <= 0`` means unknown (only the sign and the
+    64-bit range are checked)."""
     upper = vocab_size if vocab_size > 0 else 2**63
+    where = f"[0, {vocab_size})" if vocab_size > 0 else "[0, 2**63)"
     for i, t in enumerate(ids):
-        if type(t) is not int or not 0 <= t < upper:
-            where = f"[0, {vocab_size})" if vocab_size > 0 else "[0, 2**63)"
+        try:
+            value = None if isinstance(t, bool) else operator.index(t)
+        except TypeError:
+            value = None
+        if value is None:
+            return f"token id {t!r} at index {i} is not an integer"
+        if not 0 <= value < upper:
             return f"token id {t!r} at index {i} is outside the model's vocabulary {where}"
     return None
 
@@ -109,6 +117,21 @@ def check_reserved_keys(obj: Any, *, mepic: bool, slo_scheduling: bool) -> None:
                 f"custom_params.{ARRIVAL_KEY} is set by the server (the time it received the "
                 "request); a request may not send it"
             )
+
+
+def internal_request(manager: Any, obj: Any) -> bool:
+    """SGLang's own requests: the health probe (rid prefix) and the warm-up (sent before the
+    server reports itself up). ``--mepic-require-cache-salt`` does not apply to them."""
+    from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
+    from sglang.srt.managers.tokenizer_manager import ServerStatus
+
+    from mepic_sglang import liveness
+
+    rid = getattr(obj, "rid", None)
+    if isinstance(rid, str) and rid.startswith(HEALTH_CHECK_RID_PREFIX):
+        return True
+    starting = getattr(manager, "server_status", None) == ServerStatus.Starting
+    return starting and not liveness.holding(manager)  # NOTE: a stall also holds "Starting"
 
 
 def check_cache_salt(obj: Any, *, required: bool, single: bool) -> None:

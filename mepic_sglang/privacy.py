@@ -1,7 +1,8 @@
 """What a client may learn through ``/server_info``: no secrets, and no other client's requests.
 
 **Secrets.** SGLang 0.5.23's ``/server_info`` returns every server argument and the launch command
-line, ``--api-key``, ``--admin-api-key`` and ``--ssl-keyfile-password`` included, to any caller
+line, ``--api-key``, ``--admin-api-key``, ``--ssl-keyfile-password`` and the storage backends'
+free-form configs (which may hold credentials) included, to any caller
 (with only an admin key configured, ``/server_info`` needs no key at all): one read hands out the
 admin key; each scheduler's ``internal_states`` entry repeats the arguments. An AFTER hook on
 ``sglang.srt.utils.common.build_server_info`` and the hook on ``get_internal_state`` below replace
@@ -13,7 +14,8 @@ id. A request id is a handle: SGLang's ``/abort_request`` aborts every request w
 with* the given string. So request ids leave the server only to an operator: when SGLang's
 ``--admin-api-key`` is configured and the caller presented it (``Authorization: Bearer <key>``).
 Everyone else (and every caller of a server without an admin key) sees the same entries without
-their ``rid``.
+their ``rid``. With both ``--api-key`` and ``--admin-api-key`` set, SGLang accepts only the API key
+on ``/server_info``, so request ids are shown to nobody there (the scheduler log has them).
 
 How the caller is known: ``/server_info`` passes no request to the code that builds the reply, so
 an AFTER hook on SGLang's auth decision (``sglang.srt.utils.auth.decide_request_auth``, called by
@@ -33,7 +35,14 @@ from typing import Any
 
 _ADMIN = contextvars.ContextVar("mepic_sglang_admin_request", default=False)
 REDACTED_KEYS = ("rid",)
-SECRET_ARGS = ("api_key", "admin_api_key", "ssl_keyfile_password")
+# NOTE: the two extra configs are free-form JSON that storage backends read credentials from
+SECRET_ARGS = (
+    "api_key",
+    "admin_api_key",
+    "ssl_keyfile_password",
+    "hicache_storage_backend_extra_config",
+    "unified_cache_external_linker_config",
+)
 REDACTED = "<redacted>"
 
 

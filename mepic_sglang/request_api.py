@@ -87,6 +87,7 @@ SCHEDULER_KEYS = {  # scheduler-side customized_info -> meta_info["mepic"] key
     "mepic_chunk_shared_tokens": "shared_tokens",
     "mepic_prefix_tokens": "prefix_tokens",
     "mepic_computed_tokens": "computed_tokens",
+    "mepic_in_context_chunks": "in_context_chunks",
 }
 
 
@@ -104,7 +105,9 @@ def meta(layout: Layout, meta_info: dict[str, Any], seen: dict[str, int]) -> dic
       chunk); ``shared + prefix`` is SGLang's ``cached_tokens``;
     - ``recomputed_tokens``: prompt tokens computed for this request;
     - ``computed_tokens``: rows the prefill computed (recomputed + scratch heads of chunks that
-      were encoded on their own for the first time).
+      were encoded on their own for the first time);
+    - ``in_context_chunks``: cold chunks computed in the request's context and not published,
+      because their scratch heads did not fit the pool next to the prompt and output.
 
     The scheduler sends its numbers once per request (``seen`` keeps them for later chunks of a
     stream); they replace SGLang's per-request ``mepic_*`` keys in ``meta_info``.
@@ -231,10 +234,10 @@ def _ready_for_error(obj: Any) -> None:
 
     NOTE: SGLang's streaming ``/generate`` schedules a background abort that reads
     ``obj.is_single``, which only normalisation sets; without it every refused streaming request
-    logged an ``AttributeError`` traceback. Nothing was registered for the request, so ``True``
-    (abort ``[obj.rid]``, a no-op) is right even for a batch."""
+    logged an ``AttributeError`` traceback. Nothing was registered for the request, so any value
+    that lets the task iterate the rids (a no-op abort) is right."""
     if getattr(obj, "is_single", None) is None:
-        obj.is_single = True
+        obj.is_single = not isinstance(getattr(obj, "rid", None), list)
 
 
 async def _prepare(
@@ -242,7 +245,7 @@ async def _prepare(
 ) -> tuple[Slo | None, Layout | None]:
     """Check a generate request's fields and rewrite a chunked prompt into its page layout;
     returns its SLO and layout (None when it has none). Raises ``ValueError`` (HTTP 400)."""
-    if args.mepic_require_cache_salt:
+    if args.mepic_require_cache_salt and not input_guard.internal_request(manager, obj):
         input_guard.check_cache_salt(obj, required=True, single=False)
     input_guard.check_reserved_keys(
         obj,

@@ -5,7 +5,8 @@ left) and keeps admitting new requests meanwhile, so under load it may never sto
 ``--mepic-shutdown-timeout S`` (S > 0) the launcher process, on SIGTERM:
 
 1. **stops admitting**: a new generate request (``/generate``, OpenAI, ``Engine``) gets HTTP 503
-   (``/health_generate`` already answers 503 during shutdown);
+   (a streaming ``/generate``: HTTP 200 and an error event with code 503, as SGLang answers every
+   refused stream; ``/health_generate`` already answers 503 during shutdown);
 2. **drains** for up to S seconds: in-flight requests finish normally; every 0.25 s, requests
    whose HTTP client has gone are aborted (nothing is generated for nobody);
 3. **aborts the rest** with finish reason ``abort``, HTTP status 503 and the message
@@ -29,6 +30,8 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import HTTPException
+
+from mepic_sglang import liveness
 
 logger = logging.getLogger(__name__)
 ATTR = "_mepic_shutdown"  # TokenizerManager attribute: Drain
@@ -94,6 +97,8 @@ def _rids(obj: Any) -> list[str]:
 
 async def _abort_disconnected(manager: Any, drain: Drain) -> None:
     for obj, request in list(drain.inflight.values()):
+        if getattr(obj, "background", False):
+            continue  # NOTE: as in SGLang: a background request outlives its client
         try:
             gone = await request.is_disconnected()
         except Exception:  # NOTE: a broken transport counts as gone
@@ -130,6 +135,8 @@ async def drain_then_exit(
     """Steps 2-4 of the module doc, then SGLang's own watchdog (which now finds nothing left)."""
     while not manager.gracefully_exit:
         await asyncio.sleep(POLL_S)
+    if getattr(getattr(manager, "server_status", None), "name", "") == "UnHealthy":
+        return await original(manager)  # NOTE: SGLang exits at once when its probe failed
     drain = drain_of(manager, timeout_s)
     drain.started_at = time.monotonic()
     left = len(manager.rid_to_state)
@@ -164,10 +171,30 @@ def around_sigterm_watchdog(
     original: Callable[[Any], Coroutine[Any, Any, Any]], manager: Any
 ) -> Coroutine[Any, Any, Any]:
     """AROUND ``TokenizerManager.sigterm_watchdog`` (a coroutine SGLang runs for the server's
-    life): with ``--mepic-shutdown-timeout`` the drain of the module doc comes first."""
+    life): with ``--mepic-shutdown-timeout`` the drain of the module doc comes first. The same
+    coroutine runs the launcher side of the liveness watch (:func:`liveness.watch_signals`)."""
     from mepic_sglang.flags import get_plugin_args
 
-    timeout_s = get_plugin_args(manager.server_args).mepic_shutdown_timeout
-    if timeout_s <= 0:
-        return original(manager)
-    return drain_then_exit(original, manager, timeout_s)
+    args = get_plugin_args(manager.server_args)
+
+    async def run() -> Any:
+        watch = asyncio.create_task(
+            _logged(liveness.watch_signals(manager, args.mepic_stall_timeout))
+        )
+        try:
+            if args.mepic_shutdown_timeout > 0:
+                return await drain_then_exit(original, manager, args.mepic_shutdown_timeout)
+            return await original(manager)
+        finally:
+            watch.cancel()
+
+    return run()
+
+
+async def _logged(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # NOTE: the watch is an extra; it must never take the server down
+        logger.exception("mepic-sglang: the launcher's liveness watch stopped")

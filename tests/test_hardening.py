@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from fastapi import HTTPException
 
-from mepic_sglang import input_guard, privacy, shutdown
+from mepic_sglang import chunk_admission, input_guard, liveness, privacy, shutdown
 from mepic_sglang.chunk_plan import ChunkUse, Plan, fit_extra
 from mepic_sglang.input_guard import InputError
-from mepic_sglang.liveness import Liveness
+from mepic_sglang.liveness import Liveness, LivenessMetrics, SchedulerLiveness
 
 
 # ---- the token-id gate ----------------------------------------------------------------------
@@ -25,8 +27,10 @@ from mepic_sglang.liveness import Liveness
         ([-1], "token id -1 at index 0"),
         ([2**63], "token id 9223372036854775808 at index 0"),
         ([True], "token id True at index 0"),
-        ([1.0], "token id 1.0 at index 0"),
-        (["7"], "token id '7' at index 0"),
+        ([1.0], "token id 1.0 at index 0 is not an integer"),
+        (["7"], "token id '7' at index 0 is not an integer"),
+        ([np.int64(5), np.int32(7)], None),  # Engine users pass numpy ids; SGLang takes them
+        ([np.int64(49152)], "token id np.int64(49152) at index 0 is outside"),
     ],
 )
 def test_token_id_problem(ids: list[object], problem: str | None) -> None:
@@ -154,11 +158,20 @@ def test_liveness_counts_only_time_with_waiting_work_and_no_batch() -> None:
     assert live.stalled and live.stalls == 1 and live.no_progress_s(111.0) == 10.0
     live.observe(112.0, ran_batch=True, waiting=1, paused=False)  # a batch ran: recovered
     assert not live.stalled and live.no_progress_s(112.0) == 0.0
-    # a long forward is not a stall: the step after a batch counts as progress
-    live.observe(140.0, ran_batch=False, waiting=1, paused=False)
+    live.observe(140.0, ran_batch=False, waiting=1, paused=False)  # the step after it: progress
     assert not live.stalled
     live.observe(151.0, ran_batch=False, waiting=1, paused=False)
     assert live.stalled and live.stalls == 2
+
+
+def test_a_long_forward_read_between_steps_is_not_a_stall() -> None:
+    # a 30-s forward starts at 101 while a request waits; the health hook reads at 131, right
+    # after the batch's results were processed and before the next step
+    live = Liveness(timeout_s=10.0, last_progress=0.0)
+    live.observe(100.0, ran_batch=False, waiting=1, paused=False)
+    live.observe(101.0, ran_batch=True, waiting=1, paused=False)
+    live.update(131.0, waiting=1, paused=False)
+    assert not live.stalled and live.no_progress_s(131.0) == 0.0
 
 
 def test_liveness_pause_disable_and_read_only_update() -> None:
@@ -166,14 +179,31 @@ def test_liveness_pause_disable_and_read_only_update() -> None:
     live.observe(1.0, ran_batch=False, waiting=3, paused=False)
     live.observe(50.0, ran_batch=False, waiting=3, paused=True)  # /pause_generation on purpose
     assert not live.stalled
-    live.update(56.0, waiting=3)  # a read between steps flags it
+    live.update(54.0, waiting=3, paused=True)  # a paused engine runs no steps: reads only
+    assert not live.stalled
+    live.update(60.0, waiting=3, paused=False)  # a read between steps flags it
     assert live.stalled
-    live.update(57.0, waiting=0)  # the queue emptied (e.g. the request was aborted)
-    assert not live.stalled and live.no_progress_s(57.0) == 0.0
+    live.update(61.0, waiting=0, paused=False)  # the queue emptied (e.g. the request was aborted)
+    assert not live.stalled and live.no_progress_s(61.0) == 0.0
     off = Liveness(timeout_s=0.0, last_progress=0.0)
     off.observe(1.0, ran_batch=False, waiting=1, paused=False)
     off.observe(1e6, ran_batch=False, waiting=1, paused=False)
     assert not off.stalled and off.state(1e6)["no_progress_s"] > 0
+
+
+def test_the_stall_signal_reaches_the_launcher_side(tmp_path: Path) -> None:
+    watch = SchedulerLiveness(
+        Liveness(timeout_s=5.0, last_progress=0.0), LivenessMetrics(False), tmp_path / "dp0.json"
+    )
+    sched = SimpleNamespace(waiting_queue=[object()], _engine_paused=False)
+    assert not liveness.read_stalled(tmp_path)
+    watch.live.waiting_since = 0.0
+    watch.refresh(sched)  # monotonic clock >> 5 s since "0.0"
+    assert watch.live.stalled and liveness.read_stalled(tmp_path)
+    sched.waiting_queue = []
+    watch.refresh(sched)
+    assert not watch.live.stalled and not liveness.read_stalled(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the file goes with the stall
 
 
 # ---- /server_info privacy -------------------------------------------------------------------
@@ -279,3 +309,34 @@ def test_hardening_flags_are_validated_and_count_as_features() -> None:
     assert PluginArgs(mepic_shutdown_timeout=5).any_feature_enabled
     assert PluginArgs(mepic_require_cache_salt=True).any_feature_enabled
     assert not PluginArgs(mepic_stall_timeout=10).any_feature_enabled  # observability only
+
+
+# ---- admission rounds -----------------------------------------------------------------------
+def test_a_skipped_chunked_request_lets_later_ones_run_but_no_new_chunked_prefill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    plan = Plan(64, (ChunkUse("k", 0, 16, 48, warm=False),))
+    mepic_req = SimpleNamespace(rid="m", _mepic_plan=plan)
+    plain_req = SimpleNamespace(rid="p")
+    monkeypatch.setattr(
+        chunk_admission, "req_layout", lambda r: ([], []) if r is mepic_req else None
+    )
+    monkeypatch.setattr(chunk_admission, "room_in_empty_pool", lambda adder, req: 10**6)
+    store = SimpleNamespace(entries={})
+    adder = SimpleNamespace(can_run_list=["earlier"], tree_cache=SimpleNamespace(mepic_store=store))
+    chunked = SimpleNamespace(is_chunked=True)
+    whole = SimpleNamespace(is_chunked=False)
+
+    def select(result: object) -> object:
+        return lambda a, r, **kw: result
+
+    around = chunk_admission.around_select_admission
+    # before any skip, a plain request may start a chunked prefill
+    assert around(select(chunked), adder, plain_req, total_tokens=1) is chunked
+    # the MEPIC extend does not fit the rest of the step: skipped, the round goes on
+    assert around(select(chunked), adder, mepic_req, total_tokens=1) is AddReqResult.CONTINUE
+    assert around(select(whole), adder, plain_req, total_tokens=1) is whole
+    # ... but no chunked prefill may start behind it in this round
+    assert around(select(chunked), adder, plain_req, total_tokens=1) is AddReqResult.OTHER

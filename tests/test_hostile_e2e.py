@@ -493,22 +493,25 @@ def test_hostile_inputs_get_an_answer_or_a_4xx(
             assert r.status_code == 200
             next(r.iter_lines(), None)
         OUTCOMES["aborted"] += 1
-        return
-    r = post(server, body, headers=headers, timeout=120)
-    outcome = _check_reply(body, r)
-    if kind == "valid":
-        assert outcome == "200", (body, r.text[:500])  # a valid request is served
-    OUTCOMES[outcome] += 1
+    else:
+        r = post(server, body, headers=headers, timeout=120)
+        outcome = _check_reply(body, r)
+        if kind == "valid":
+            assert outcome == "200", (body, r.text[:500])  # a valid request is served
+        OUTCOMES[outcome] += 1
+    # after every input: the scheduler answers and its pool passes the integrity check
+    chunks = plugin_state(server)[1]["chunks"]
+    assert chunks["integrity"] == "ok", (body, chunks["integrity"])
 
 
 def test_after_the_hostile_inputs_the_server_serves_and_the_pool_is_clean(
     server: ServerHandle,
 ) -> None:
-    assert sum(OUTCOMES.values()) >= FUZZ_EXAMPLES, OUTCOMES
-    assert OUTCOMES["200"] >= FUZZ_EXAMPLES // 4 and OUTCOMES["400"] >= FUZZ_EXAMPLES // 10, (
-        OUTCOMES
-    )
-    print(f"hostile-input outcomes: {dict(OUTCOMES)}")
+    if OUTCOMES:  # NOTE: empty when this test runs without the suite (-k)
+        assert sum(OUTCOMES.values()) >= FUZZ_EXAMPLES, OUTCOMES
+        assert OUTCOMES["200"] >= FUZZ_EXAMPLES // 4, OUTCOMES
+        assert OUTCOMES["400"] >= FUZZ_EXAMPLES // 10, OUTCOMES
+        print(f"hostile-input outcomes: {dict(OUTCOMES)}")
     assert healthy(server)
     out = gen(server, "The capital of France is", 4)
     assert out.status_code == 200 and "Paris" in out.json()["text"], out.text
