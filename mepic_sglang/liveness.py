@@ -17,7 +17,8 @@ While stalled:
   every :data:`POLL_S` seconds (:func:`watch_signals`) and then holds SGLang's server status at
   ``Starting``: the one status SGLang's health handler answers 503 for before it probes, and that
   ``/ready`` refuses. So ``/health_generate`` and ``/ready`` fail whatever else the scheduler
-  sends; the status returns to ``Up`` when the stall ends;
+  sends (a probe that began before the launcher read the signal, at most :data:`POLL_S` s after
+  the stall was declared, may still pass); the status returns to ``Up`` when the stall ends;
 * the scheduler also holds back its acknowledgement of skipped health probes;
 * ``/server_info`` → ``internal_states[i].mepic_sglang.liveness`` and, with ``--enable-metrics``,
   ``sglang:mepic_scheduler_no_progress_seconds``, ``sglang:mepic_scheduler_stalled`` (gauges,

@@ -67,6 +67,10 @@ def metric(server: ServerHandle, name: str) -> float:
     return float(found.group(1))
 
 
+def ready(server: ServerHandle) -> int:
+    return requests.get(f"{server.url}/ready", timeout=60).status_code
+
+
 def health(server: ServerHandle) -> int:
     return requests.get(f"{server.url}/health_generate", timeout=120).status_code
 
@@ -138,8 +142,10 @@ def test_a_stalled_scheduler_is_reported_and_fails_its_health_check(server: Serv
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         try:
+            # the launcher learns of the stall within a second (it reads the scheduler's
+            # signal once a second); /ready reads the status it holds
+            wait_for(lambda: ready(server) == 503, 10, "/ready to refuse")
             assert health(server) == 503  # stock SGLang answered 200 here
-            assert requests.get(f"{server.url}/ready", timeout=60).status_code == 503
         finally:
             polling.set()
             poller.join(timeout=30)
