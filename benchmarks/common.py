@@ -14,8 +14,6 @@ from pathlib import Path
 import psutil
 import requests
 
-from disagg.launcher import plugin_state  # noqa: F401  (re-exported for the benchmarks)
-
 
 def add_common_args(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--model", default=None, help="default: the local SmolLM2 checkpoint")

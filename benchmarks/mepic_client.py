@@ -1,6 +1,7 @@
 """Client side of the MEPIC benchmark: one streamed request, a Poisson serving pass, a burst
 memory pass, and the page lower bound. Every pass is bracketed by two ``/server_info`` reads, so
-its KV numbers are the server's exact per-step window (``mepic_sglang.observe.PoolUsage``)."""
+its KV numbers are the server's exact per-step window
+(``mepic_sglang.sglang.observe.PoolUsage``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import requests
 
 from benchmarks.common import quantile
 from benchmarks.mepic_workload import Doc, Renderer, Request, contains, f1
+from disagg import server_info
 
 PAGE = 16
 
@@ -41,9 +43,7 @@ def pool(url: str) -> dict[str, Any]:
     """``/server_info`` pool numbers (reading starts a new usage window, so nothing else may read
     it during a pass)."""
     time.sleep(0.5)  # NOTE: the last responses arrive a scheduler step before their release
-    info = requests.get(f"{url}/server_info", timeout=120).json()
-    out: dict[str, Any] = info["internal_states"][0]["mepic_sglang"]["pool"]
-    return out
+    return server_info.pool(server_info.fetch(url, timeout_s=120))
 
 
 def body(mode: Mode, req: Request, docs: list[Doc], renderer: Renderer, sp: dict[str, Any]) -> Any:

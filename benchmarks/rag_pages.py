@@ -36,11 +36,11 @@ import requests
 
 from benchmarks.common import (
     add_common_args,
-    plugin_state,
     resolve_common_args,
     start_server,
     stop_tree,
 )
+from disagg import server_info
 
 PAGE = 16
 PLACES = [
@@ -85,8 +85,8 @@ def workload(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def layout_ids(tokenizer: Any, segments: list[dict[str, str]]) -> list[int]:
-    from mepic_sglang.request_api import layout_segments
     from mepic_sglang.segments import parse_segments
+    from mepic_sglang.sglang.request_api import layout_segments
 
     return list(layout_segments(tokenizer, parse_segments(segments), page_size=PAGE).token_ids)
 
@@ -114,7 +114,7 @@ def run_mode(url: str, mode: str, items: list[dict[str, Any]], new_tokens: int) 
 
     def poll() -> None:
         while not done.is_set():
-            state = plugin_state(url)
+            state = server_info.fetch(url)
             pool = state["pool"]
             held = pool["total_tokens"] - pool["available_tokens"] - pool["evictable_tokens"]
             if pool["running_requests"] == len(items) and held >= peak["held_tokens"]:

@@ -30,12 +30,12 @@ from typing import Any
 from benchmarks import slo_client
 from benchmarks.common import (
     add_common_args,
-    plugin_state,
     resolve_common_args,
     start_server,
     stop_tree,
 )
 from benchmarks.slo_profile import measure
+from disagg import server_info
 from scheduler_patch.latency_model import LatencyModel
 from scheduler_patch.sim_workload import DEFAULT_CLASSES, poisson_workload, reference_model
 from scheduler_patch.simulator import SimConfig, simulate_cluster
@@ -107,7 +107,7 @@ def real_runs(
                 row = {"policy": policy, "load": load, "qps": rate, **slo_client.summarize(results)}
                 row["wall_s"] = time.monotonic() - t0
                 if policy == "multi-slo":
-                    row["server_slo"] = plugin_state(url).get("slo")
+                    row["server_slo"] = server_info.fetch(url).get("slo")
                 rows.append(row)
                 print(
                     f"real {policy:<9} load {load:>4}x  attainment {row['attainment']:.3f}  "

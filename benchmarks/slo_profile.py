@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from benchmarks.common import (
     add_common_args,
-    plugin_state,
     resolve_common_args,
     start_server,
     stop_tree,
 )
+from disagg import server_info
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
 
@@ -82,7 +82,7 @@ def measure(
 ) -> dict[str, Any]:
     """Sweep a running multi-slo server and return its fitted profile (SystemExit if none)."""
     sweep(url, prefill_words, batch_sizes)
-    profile = profile_of(plugin_state(url), note)
+    profile = profile_of(server_info.fetch(url), note)
     if profile["prefill"] is None or profile["decode"] is None:
         raise SystemExit(
             f"the server fitted no model (samples: {profile['samples']}); is it multi-slo?"

@@ -16,8 +16,9 @@ An instance's ports (all distinct per instance on one host):
 With ``engine_info_port`` the instance is a weight **seed**: it registers its weights with a
 Mooncake transfer engine, so a new instance started with ``weights_from`` (the seed's host:port)
 reads them from it instead of from disk (``--load-format remote_instance``; the plugin falls
-back to disk when the seed fails, see ``mepic_sglang/weights_hooks.py``). ``MOONCAKE_PROTOCOL``
-picks the wire: ``tcp`` (the default here, and the only one on CPU) or ``rdma``.
+back to disk when the seed fails, see ``mepic_sglang/sglang/weights_hooks.py``).
+``MOONCAKE_PROTOCOL`` picks the wire: ``tcp`` (the default here, and the only one on CPU) or
+``rdma``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -133,12 +133,6 @@ class Launcher(ABC):
             spec.url + "/health_generate", timeout_s, lambda: self.alive(handle),
             f"{spec.role} instance on port {spec.port} (log: {handle.log})",
         )  # fmt: skip
-
-
-def plugin_state(url: str, timeout_s: float = 60.0) -> Any:
-    """``internal_states[0].mepic_sglang`` of ``url``'s ``/server_info`` (plugin loaded)."""
-    info = requests.get(f"{url}/server_info", timeout=timeout_s).json()
-    return info["internal_states"][0]["mepic_sglang"]
 
 
 def wait_healthy(

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from disagg import server_info
 from disagg.instances import Instance, Pool
 from scheduler_patch.latency_model import LatencyModel
 
@@ -37,17 +38,12 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return sum(len(p) for p in parts if isinstance(p, str)) // CHARS_PER_TOKEN
 
 
-def model_of(server_info: dict[str, Any]) -> LatencyModel | None:
+def model_of(info: dict[str, Any]) -> LatencyModel | None:
     """The latency model in a multi-slo instance's ``/server_info`` (None otherwise)."""
     try:
-        state = server_info["internal_states"][0]["mepic_sglang"]["slo"]["latency_model"]
-    except (KeyError, IndexError, TypeError):
+        return server_info.latency_model(server_info.plugin_section(info))
+    except server_info.ServerInfoError:
         return None
-    coefs = [state.get("prefill_coef"), state.get("decode_coef")]
-    good = [c if isinstance(c, list) and len(c) == 3 else None for c in coefs]
-    if good == [None, None]:
-        return None
-    return LatencyModel(prefill_coef=good[0], decode_coef=good[1])
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> Any:

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from disagg.launcher import Handle, InstanceSpec, Launcher, plugin_state
+from disagg import server_info
+from disagg.launcher import Handle, InstanceSpec, Launcher
 
 
 class Started(NamedTuple):
@@ -34,7 +35,7 @@ class Started(NamedTuple):
 
 def weights_report(url: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """The ``weights`` entry of the plugin's state in ``url``'s ``/server_info``."""
-    return dict(plugin_state(url, timeout_s).get("weights") or {})
+    return server_info.weights(server_info.fetch(url, timeout_s))
 
 
 def start_instance(

@@ -1,7 +1,7 @@
 """The MEPIC attention backends by ``--attention-backend`` name (see :mod:`kernel_backend`'s table).
 
 ``mepic_sglang.model_support.MEPIC_ATTENTION_BACKENDS`` lists the same names (a test checks it);
-``mepic_sglang.hooks`` registers every factory here with SGLang's attention registry.
+``mepic_sglang.sglang.hooks`` registers every factory here with SGLang's attention registry.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ and when the rotation is NeoX-style over the full head (FlashInfer has no GPT-J 
 attention) with default RoPE (``rope_theta``, ``rope_scale=1``). Everything else goes to the Triton
 kernel (:mod:`flashinfer_ext.dispatch`).
 
-The model rotates q (``mepic_sglang.nope.QueryOnlyRope``), so this path rotates it back first
+The model rotates q (``mepic_sglang.sglang.nope.QueryOnlyRope``), so this path rotates it back first
 (:func:`flashinfer_ext.rope_reference.unapply_rope`, one elementwise pass over q).
 
 Facts from reading the 0.7.2 wheel (``decode.py``/``prefill.py``/``utils.py``; not run here):

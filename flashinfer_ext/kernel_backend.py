@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from flashinfer_ext import flashinfer_path
+from flashinfer_ext.inputs import MepicAttention
 from flashinfer_ext.rope_reference import RopeTable
-from flashinfer_ext.torch_backend import GROUPS_KEY, MepicTorchAttnBackend, layer_rope
+from flashinfer_ext.torch_backend import MepicTorchAttnBackend, layer_rope
 from flashinfer_ext.triton_attention import (
     RaggedBatch,
     decode_attention,
@@ -83,8 +84,8 @@ class MepicKernelAttnBackend(MepicTorchAttnBackend):
     def _setup(self, layer: Any, table: RopeTable, q_counts: list[int]) -> None:
         fb = self._fb
         self._fresh = False
-        states = getattr(fb, "model_specific_states", None) or {}
-        per_req = states.get(GROUPS_KEY) or {}
+        mepic = MepicAttention.of(fb)
+        per_req = dict(mepic.per_req) if mepic is not None else {}
         if not self.fi_decided:
             self._decide_flashinfer(layer, table)
         self._impl = choose_impl(self._decode, bool(per_req), self.fi is not None)

@@ -1,6 +1,6 @@
 """``--attention-backend mepic`` (CPU): NoPE keys in the pool; RoPE and position mask in attention.
 
-Contract with the model side (``mepic_sglang/nope.py``): every attention layer's model module
+Contract with the model side (``mepic_sglang/sglang/nope.py``): every attention layer's model module
 rotates only q, and the layer object (``RadixAttention``) carries the real rotary embedding as
 ``layer.mepic_rope``. The KV pool therefore holds keys without RoPE.
 
@@ -28,13 +28,10 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
+from flashinfer_ext.inputs import MepicAttention
 from flashinfer_ext.rope_reference import AttentionGroups, RopeTable, attention_with_positions
 
 BACKEND_NAME = "mepic"
-# ForwardBatch.model_specific_states key set by mepic_sglang.chunk_batch for extends with MEPIC
-# requests: {request index in batch: {} (queries at explicit positions, not a suffix) or, when it
-# encodes cold chunks, {q_group, k_group, k_context, extra_slots, extra_positions}}
-GROUPS_KEY = "mepic_attention"
 
 
 class MissingRopeError(RuntimeError):
@@ -90,19 +87,19 @@ class MepicTorchAttnBackend(TorchNativeAttnBackend):
         positions = forward_batch.positions
         seq_lens = forward_batch.seq_lens_cpu.tolist()
         rows = forward_batch.req_pool_indices.tolist()
-        states = getattr(forward_batch, "model_specific_states", None) or {}
-        groups_by_req = states.get(GROUPS_KEY) or {}
+        mepic = MepicAttention.of(forward_batch)
+        cold = mepic.cold if mepic is not None else {}
         start = 0
         for r, (row, seq_len, n_q) in enumerate(zip(rows, seq_lens, q_counts, strict=True)):
             end = start + n_q
             slots = req_to_token[row, :seq_len]
             k_pos = torch.arange(seq_len, device=positions.device)
-            extra = groups_by_req.get(r)
+            extra = cold.get(r)
             groups = None
-            if extra:  # MEPIC cold chunks: scratch keys and visibility groups
-                slots = torch.cat([slots.to(extra["extra_slots"].dtype), extra["extra_slots"]])
-                k_pos = torch.cat([k_pos, extra["extra_positions"].to(k_pos.dtype)])
-                groups = AttentionGroups(extra["q_group"], extra["k_group"], extra["k_context"])
+            if extra is not None:  # MEPIC cold chunks: scratch keys and visibility groups
+                slots = torch.cat([slots.to(extra.extra_slots.dtype), extra.extra_slots])
+                k_pos = torch.cat([k_pos, extra.extra_positions.to(k_pos.dtype)])
+                groups = AttentionGroups(extra.q_group, extra.k_group, extra.k_context)
             out[start:end] = attention_with_positions(
                 q_[start:end],
                 k_buf[slots],

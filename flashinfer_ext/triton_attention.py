@@ -11,11 +11,13 @@ check them against the torch reference without a GPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import triton
 
+from flashinfer_ext.inputs import ColdChunkKeys
 from flashinfer_ext.rope_reference import RopeTable
 from flashinfer_ext.triton_kernel import decode_merge_kernel, decode_split_kernel, extend_kernel
 
@@ -91,33 +93,33 @@ def pack_batch(
     seq_lens: list[int],
     q_counts: list[int],
     q_positions: torch.Tensor,
-    extras: dict[int, dict[str, torch.Tensor]] | None = None,
+    extras: Mapping[int, ColdChunkKeys | None] | None = None,
 ) -> RaggedBatch:
-    """Describe one forward. ``extras[b]`` (MEPIC cold chunks) holds ``q_group``, ``k_group``,
-    ``k_context`` (over row then extra keys), ``extra_slots`` and ``extra_positions``.
+    """Describe one forward. ``extras[b]``: request ``b``'s MEPIC cold-chunk keys and groups
+    (None or absent: none).
 
     Sizes come from the CPU lists, so packing never waits for the GPU.
     """
     device = q_positions.device
-    extras = {b: e for b, e in (extras or {}).items() if e}  # {} = explicit positions only
+    cold: dict[int, ColdChunkKeys] = {b: e for b, e in (extras or {}).items() if e is not None}
     batch = len(seq_lens)
-    n_extra = [int(extras[b]["extra_slots"].shape[0]) if b in extras else 0 for b in range(batch)]
-    n_grouped = [seq_lens[b] + n_extra[b] if b in extras else 0 for b in range(batch)]
+    n_extra = [int(cold[b].extra_slots.shape[0]) if b in cold else 0 for b in range(batch)]
+    n_grouped = [seq_lens[b] + n_extra[b] if b in cold else 0 for b in range(batch)]
     empty_i32 = torch.empty(0, dtype=torch.int32, device=device)
-    if extras:
+    if cold:
         q_group = torch.cat(
             [
-                extras[b]["q_group"].to(device, torch.int32)
-                if b in extras
+                cold[b].q_group.to(device, torch.int32)
+                if b in cold
                 else torch.zeros(q_counts[b], dtype=torch.int32, device=device)
                 for b in range(batch)
             ]
         )
-        parts = [extras[b] for b in range(batch) if b in extras]
-        k_group = torch.cat([p["k_group"].to(device, torch.int32) for p in parts])
-        k_context = torch.cat([p["k_context"].to(device, torch.int8) for p in parts])
-        extra_slots = torch.cat([p["extra_slots"].to(device, torch.int64) for p in parts])
-        extra_positions = torch.cat([p["extra_positions"].to(device, torch.int64) for p in parts])
+        parts = [cold[b] for b in range(batch) if b in cold]
+        k_group = torch.cat([p.k_group.to(device, torch.int32) for p in parts])
+        k_context = torch.cat([p.k_context.to(device, torch.int8) for p in parts])
+        extra_slots = torch.cat([p.extra_slots.to(device, torch.int64) for p in parts])
+        extra_positions = torch.cat([p.extra_positions.to(device, torch.int64) for p in parts])
     else:
         q_group = empty_i32
         k_group, k_context = empty_i32, empty_i32.to(torch.int8)

@@ -1,7 +1,7 @@
 """Per-request MEPIC plan: which positions are served from shared chunk pages, which are computed.
 
 Pure functions over the layout the tokenizer side sent (``custom_params``) and a store lookup;
-:mod:`mepic_sglang.chunk_batch` applies a plan to SGLang's batch. Positions of one request::
+:mod:`mepic_sglang.sglang.chunk_batch` applies a plan to SGLang's batch. Positions of one request::
 
     region             positions                 slots                     attention group
     -----------------  ------------------------  ------------------------  -------------------------
@@ -30,14 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
+from mepic_sglang.layout import LayoutError, Region
 from mepic_sglang.recompute import RecomputePolicy
 
-CHUNK_CODE = 1
-TEXT_CODE = 0
 
-
-class PlanError(ValueError):
-    """The request's MEPIC layout (custom_params) is malformed."""
+class PlanError(LayoutError):
+    """The request's MEPIC layout does not fit the pool it is planned on."""
 
 
 @dataclass(frozen=True)
@@ -135,46 +133,29 @@ def fit_extra(plan: Plan, room: int) -> Plan:
     return dataclasses.replace(plan, uses=tuple(kept), in_context=plan.in_context + dropped)
 
 
-def parse_layout(
-    custom: dict[str, object] | None,
-) -> tuple[list[tuple[int, ...]], list[str]] | None:
-    """``(regions, chunk_keys)`` from ``custom_params``; None if the request marks no chunks."""
-    if not custom or "mepic_regions" not in custom:
-        return None
-    flat = custom.get("mepic_regions")
-    keys = custom.get("mepic_chunk_keys")
-    if not isinstance(flat, list) or len(flat) % 5 or not all(type(v) is int for v in flat):
-        raise PlanError("mepic_regions must be a flat list of 5-int groups")
-    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
-        raise PlanError("mepic_chunk_keys must be a list of strings")
-    regions = [tuple(flat[i : i + 5]) for i in range(0, len(flat), 5)]
-    if sum(1 for r in regions if r[0] == CHUNK_CODE) != len(keys):
-        raise PlanError("one chunk key per chunk region")
-    return regions, keys
-
-
 def make_plan(
-    regions: Sequence[tuple[int, ...]],
-    keys: Sequence[str],
+    regions: Sequence[Region],
     *,
     total_len: int,
     page_size: int,
     policy: RecomputePolicy,
     lookup: Callable[[str], int | None],
+    key_of: Callable[[Region], str] = lambda r: r.chunk_key or "",
 ) -> Plan:
-    """Plan one request. ``lookup(key)`` is the shared-token count of an existing entry."""
+    """Plan one request. ``lookup(key)`` is the shared-token count of an existing entry;
+    ``key_of(region)`` the store key of a chunk region (default: its chunk key)."""
     uses: list[ChunkUse] = []
-    key_iter = iter(keys)
     pos = 0
-    for i, (kind, start, c_start, c_end, end) in enumerate(regions):
-        if kind not in (TEXT_CODE, CHUNK_CODE) or not start == pos <= c_start < c_end <= end:
-            raise PlanError(f"region {i} is malformed: {(kind, start, c_start, c_end, end)}")
+    for i, r in enumerate(regions):
+        start, c_start, c_end, end = r.start, r.content_start, r.content_end, r.end
+        if not start == pos <= c_start < c_end <= end:
+            raise PlanError(f"region {i} is malformed: {(r.kind, start, c_start, c_end, end)}")
         if start % page_size or (i < len(regions) - 1 and end % page_size):
             raise PlanError(f"region {i} is not page aligned")
         pos = end
-        if kind != CHUNK_CODE:
+        if r.kind != "chunk":
             continue
-        key = next(key_iter)
+        key = key_of(r)
         if i == len(regions) - 1:
             continue  # the prompt's last token must be computed in context
         head = policy.head_tokens(pad=c_start - start, content=c_end - c_start, page_size=page_size)
@@ -187,7 +168,7 @@ def make_plan(
     if pos > total_len:
         raise PlanError(f"regions end at {pos}, after the request's {total_len} tokens")
     first = regions[0] if regions else None
-    lead = first[4] if first is not None and first[0] == TEXT_CODE and len(regions) > 1 else 0
+    lead = first.end if first is not None and first.kind == "text" and len(regions) > 1 else 0
     return Plan(total_len, tuple(uses), lead=lead)
 
 

@@ -2,7 +2,7 @@
 
 The store owns pages it was handed by a request that computed a chunk (``publish``); it never
 allocates. A page in the pool is in exactly one of these states (``check_integrity`` in
-:mod:`mepic_sglang.chunk_cache` proves it for the whole pool)::
+:mod:`mepic_sglang.sglang.chunk_cache` proves it for the whole pool)::
 
     state      owner                     counted by SGLang as   freed when
     ---------  ------------------------  ---------------------  -------------------------------

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mepic_sglang import model_support, pd_hooks, slo_flags
+from mepic_sglang import model_support, slo_flags
 from mepic_sglang.recompute import POLICIES
 from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.policy import UNATTAINABLE_ACTIONS
@@ -186,8 +186,8 @@ class PluginArgs:
         )
 
     def apply_defaults(self, server_args: Any) -> None:
-        """Fill SGLang flags that a plugin flag implies and the user left unset."""
-        pd_hooks.apply_cpu_defaults(server_args)
+        """Fill SGLang flags that a plugin flag implies and the user left unset (the SGLang-side
+        defaults are added by :func:`mepic_sglang.sglang.server_args.apply_defaults`)."""
         if self.slo_configured or getattr(server_args, "schedule_policy", None) == MULTI_SLO:
             # NOTE: measured TTFT/TPOT (meta_info["slo"], /metrics) come from SGLang's time
             # stats, which only travel with --enable-metrics.
@@ -210,8 +210,8 @@ class PluginArgs:
         self, server_args: Any, compat_problems: Callable[[], list[str]] = list
     ) -> list[str]:
         """Human-readable reasons why these values cannot run with ``server_args``; each names a
-        flag. ``compat_problems`` (:func:`mepic_sglang.compat.problems`) is only called when a
-        plugin feature is on, so a stock start-up never pays for the check."""
+        flag. ``compat_problems`` (:func:`mepic_sglang.sglang.compat.problems`) is only called
+        when a plugin feature is on, so a stock start-up never pays for the check."""
         out: list[str] = []
         if self.mepic_compat_check not in ("strict", "warn"):
             out.append(
@@ -327,56 +327,3 @@ def get_plugin_args(server_args: Any) -> PluginArgs:
     """The plugin values carried by ``server_args`` (defaults when none were attached)."""
     value = getattr(server_args, ATTR, None)
     return value if isinstance(value, PluginArgs) else PluginArgs()
-
-
-def attach_plugin_args(
-    server_args: Any, plugin_args: PluginArgs | None = None, **values: Any
-) -> Any:
-    """Validate plugin values and attach them to ``server_args`` (returned, for chaining).
-
-    For ``sglang.Engine``: ``Engine(server_args=attach_plugin_args(ServerArgs(...),
-    enable_mepic=True))``. Raises :class:`PluginArgError` naming the offending flag.
-    """
-    from mepic_sglang import compat  # NOTE: late import keeps this module free of SGLang imports
-
-    unknown = set(values) - {f.name for f in dataclasses.fields(PluginArgs)}
-    if unknown:
-        raise PluginArgError(f"unknown mepic-sglang plugin argument(s): {sorted(unknown)}")
-    args = dataclasses.replace(plugin_args or PluginArgs(), **values)
-    args.apply_defaults(server_args)
-    problems = args.problems(server_args, compat.problems)
-    if problems:
-        raise PluginArgError("; ".join(problems))
-    setattr(server_args, ATTR, args)
-    return server_args
-
-
-# --------------------------------------------------------------------------- SGLang hooks
-# Registered in mepic_sglang/hooks.py (the one table of SGLang hook targets).
-
-
-def after_add_cli_args(result: None, parser: argparse.ArgumentParser) -> None:
-    """AFTER ``ServerArgs.add_cli_args(parser)`` (a staticmethod)."""
-    add_cli_args(parser)
-    for action in parser._actions:  # NOTE: argparse keeps choices as a plain list
-        if action.dest == "schedule_policy" and isinstance(action.choices, list):
-            if MULTI_SLO not in action.choices:
-                action.choices.append(MULTI_SLO)
-            action.help = (action.help or "") + f" '{MULTI_SLO}': mepic-sglang's SLO scheduling."
-
-
-def after_from_cli_args(result: Any, cls: type, args: argparse.Namespace) -> Any:
-    """AFTER ``ServerArgs.from_cli_args(args)`` (a classmethod): validate and carry our values.
-
-    A bad value stops start-up here, in the launcher, before any model is loaded, with a message
-    naming the flag (argparse itself already rejected values outside ``choices``).
-    """
-    from mepic_sglang import compat
-
-    plugin_args = from_namespace(args)
-    plugin_args.apply_defaults(result)
-    problems = plugin_args.problems(result, compat.problems)
-    if problems:
-        raise SystemExit("mepic-sglang: error: " + "\nmepic-sglang: error: ".join(problems))
-    setattr(result, ATTR, plugin_args)
-    return result

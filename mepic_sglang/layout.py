@@ -26,12 +26,21 @@ Chunk identity: SHA-256 of (cache salt, model, page size, the chunk's token ids)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mepic_sglang.segments import SegmentKind
 
-KIND_CODE: dict[SegmentKind, int] = {"text": 0, "chunk": 1}
+KIND_CODE: dict[SegmentKind, int] = {"text": 0, "chunk": 1}  # the wire code of a region's kind
+_KIND_OF_CODE: dict[int, SegmentKind] = {v: k for k, v in KIND_CODE.items()}
+WIRE_REGIONS = "mepic_regions"  # custom_params keys of the wire form (reserved for the plugin)
+WIRE_KEYS = "mepic_chunk_keys"
+WIRE_PAGE_SIZE = "mepic_page_size"
+
+
+class LayoutError(ValueError):
+    """A layout received from another process is malformed."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class Layout:
         return sum(r.pad_tokens for r in self.regions)
 
     @property
+    def table(self) -> RegionTable:
+        return RegionTable(self.regions, self.page_size)
+
+    @property
     def chunk_regions(self) -> tuple[Region, ...]:
         return tuple(r for r in self.regions if r.kind == "chunk")
 
@@ -83,6 +96,68 @@ class Layout:
                 assert r.end - r.content_end < p and (last is False or r.end == r.content_end)
             pos = r.end
         assert pos == len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class RegionTable:
+    """A laid-out prompt without its token ids: what the scheduler needs to plan it. It crosses
+    from the tokenizer process in ``sampling_params.custom_params`` (which carries JSON scalars
+    and lists only) through :meth:`to_wire` / :meth:`from_wire`, the one codec of that form::
+
+        mepic_regions    [kind, start, content_start, content_end, end] * regions, flat ints
+        mepic_chunk_keys [chunk_key] * chunk regions, in prompt order
+        mepic_page_size  page size the layout was built for
+    """
+
+    regions: tuple[Region, ...]
+    page_size: int
+
+    @property
+    def chunk_regions(self) -> tuple[Region, ...]:
+        return tuple(r for r in self.regions if r.kind == "chunk")
+
+    def to_wire(self) -> dict[str, Any]:
+        flat = [
+            v
+            for r in self.regions
+            for v in (KIND_CODE[r.kind], r.start, r.content_start, r.content_end, r.end)
+        ]
+        keys = [r.chunk_key for r in self.chunk_regions]
+        return {WIRE_REGIONS: flat, WIRE_KEYS: keys, WIRE_PAGE_SIZE: self.page_size}
+
+    @staticmethod
+    def from_wire(custom: Mapping[str, object] | None) -> RegionTable | None:
+        """The table in ``custom_params``; None if the request marks no chunks. Checks the form
+        only (the planner checks bounds and alignment against the pool)."""
+        if not custom or WIRE_REGIONS not in custom:
+            return None
+        flat = custom.get(WIRE_REGIONS)
+        keys = custom.get(WIRE_KEYS)
+        page_size = custom.get(WIRE_PAGE_SIZE, 1)
+        if not isinstance(flat, list) or len(flat) % 5 or not all(type(v) is int for v in flat):
+            raise LayoutError(f"{WIRE_REGIONS} must be a flat list of 5-int groups")
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+            raise LayoutError(f"{WIRE_KEYS} must be a list of strings")
+        if type(page_size) is not int or page_size < 1:
+            raise LayoutError(f"{WIRE_PAGE_SIZE} must be a positive int")
+        groups = [flat[i : i + 5] for i in range(0, len(flat), 5)]
+        if any(g[0] not in _KIND_OF_CODE for g in groups):
+            raise LayoutError(f"{WIRE_REGIONS}: a region kind is not one of {sorted(KIND_CODE)}")
+        if sum(1 for g in groups if g[0] == KIND_CODE["chunk"]) != len(keys):
+            raise LayoutError("one chunk key per chunk region")
+        key_iter = iter(keys)
+        regions = tuple(
+            Region(
+                _KIND_OF_CODE[code],
+                start,
+                c_start,
+                c_end,
+                end,
+                next(key_iter) if code == KIND_CODE["chunk"] else None,
+            )
+            for code, start, c_start, c_end, end in groups
+        )
+        return RegionTable(regions, page_size)
 
 
 def chunk_key(token_ids: Sequence[int], *, salt: str, model: str, page_size: int) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 
-from mepic_sglang import __version__, hooks
+from mepic_sglang import __version__
+from mepic_sglang.sglang import hooks
 
 logger = logging.getLogger(__name__)
 

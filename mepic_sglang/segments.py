@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mepic_sglang.input_guard import token_id_problem
+from mepic_sglang.token_ids import token_id_problem
 
 SegmentKind = Literal["chunk", "text"]
 MAX_SEGMENTS = 4096

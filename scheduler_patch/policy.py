@@ -1,7 +1,7 @@
 """Scheduling policies over plain views of the engine (ABC + registry): fcfs, priority, multi-slo.
 
 The same policy objects drive the real SGLang scheduler (through
-:mod:`scheduler_patch.sglang_adapter`) and the simulator (:mod:`scheduler_patch.simulator`); they
+:mod:`mepic_sglang.sglang.slo_adapter`) and the simulator (:mod:`scheduler_patch.simulator`); they
 see only :class:`ReqView` / :class:`EngineView` and the :class:`LatencyModel`, never SGLang
 objects, and never read a clock (``now`` is passed in). Decisions per scheduling step:
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flashinfer_ext.inputs import ColdChunkKeys
 from flashinfer_ext.rope_reference import AttentionGroups, RopeTable, attention_with_positions
 from flashinfer_ext.triton_attention import RaggedBatch, pack_batch
 
@@ -29,7 +30,7 @@ class Case:
     seq_lens: list[int]
     q_counts: list[int]
     positions: torch.Tensor
-    extras: dict[int, dict[str, torch.Tensor]]
+    extras: dict[int, ColdChunkKeys]
     table: RopeTable
     scale: float
 
@@ -48,9 +49,9 @@ class Case:
             groups = None
             if b in self.extras:
                 e = self.extras[b]
-                slots = torch.cat([slots, e["extra_slots"].long()])
-                k_pos = torch.cat([k_pos, e["extra_positions"].long()])
-                groups = AttentionGroups(e["q_group"], e["k_group"], e["k_context"])
+                slots = torch.cat([slots, e.extra_slots.long()])
+                k_pos = torch.cat([k_pos, e.extra_positions.long()])
+                groups = AttentionGroups(e.q_group, e.k_group, e.k_context)
             q = self.q[start : start + n_q].double()
             outs.append(
                 attention_with_positions(
@@ -72,7 +73,7 @@ class Case:
             self.q.to(device), self.k_buf.to(device), self.v_buf.to(device),
             self.req_to_token.to(device), self.rows.to(device), self.seq_lens, self.q_counts,
             self.positions.to(device),
-            {b: {k: t.to(device) for k, t in e.items()} for b, e in self.extras.items()},
+            {b: e.to(device) for b, e in self.extras.items()},
             self.table._replace(cos_sin_cache=self.table.cos_sin_cache.to(device)), self.scale,
         )  # fmt: skip
 
@@ -82,10 +83,15 @@ def rope_table(head: int, neox: bool, max_pos: int, theta: float = 10000.0) -> R
 
 
 def _groups(
-    g: torch.Generator, seq_len: int, q_pos: torch.Tensor, n_groups: int, n_extra: int
-) -> dict[str, torch.Tensor]:
+    g: torch.Generator,
+    seq_len: int,
+    q_pos: torch.Tensor,
+    n_groups: int,
+    extra_slots: torch.Tensor,
+) -> ColdChunkKeys:
     """Random MEPIC-like groups: row keys are context or a chunk's; extra keys belong to a chunk
     and are hidden from context queries; a query that would see nothing becomes context."""
+    n_extra = int(extra_slots.shape[0])
     k_group = torch.cat(
         [
             torch.randint(0, n_groups + 1, (seq_len,), generator=g),
@@ -102,12 +108,7 @@ def _groups(
     vis = AttentionGroups(q_group, k_group, k_context).visible()
     vis &= k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)
     q_group[~vis.any(1)] = 0
-    return {
-        "q_group": q_group,
-        "k_group": k_group,
-        "k_context": k_context,
-        "extra_positions": extra_pos,
-    }
+    return ColdChunkKeys(q_group, k_group, k_context, extra_slots, extra_pos)
 
 
 def make_case(
@@ -161,7 +162,7 @@ def make_case(
         positions.append(q_pos)
         q_counts.append(int(q_pos.shape[0]))
         if groups and b % 2 == 0:  # a mix of grouped and plain requests in one batch
-            extras[b] = {**_groups(g, seq_len, q_pos, 2, n_extra[b]), "extra_slots": extra_slots[b]}
+            extras[b] = _groups(g, seq_len, q_pos, 2, extra_slots[b])
     n_q = sum(q_counts)
 
     def rand(*shape: int) -> torch.Tensor:

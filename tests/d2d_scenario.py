@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from disagg.launcher import Handle, InstanceSpec, LocalProcessLauncher  # noqa: E402
 from disagg.weights import start_instance, weights_report  # noqa: E402
 from mepic_sglang.models import ensure_tiny  # noqa: E402
-from mepic_sglang.weights_hooks import PAUSE_AFTER_INFO_ENV  # noqa: E402
+from mepic_sglang.sglang.weights_hooks import PAUSE_AFTER_INFO_ENV  # noqa: E402
 from tests.pd_scenario import CPU_ARGS, MAX_NEW, PROMPTS, generate  # noqa: E402
 
 ARGS = (*CPU_ARGS, "--mepic-weights-digest")

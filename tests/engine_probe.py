@@ -39,7 +39,7 @@ def main() -> None:
         attention_backend=args.attention_backend,
     )
     if args.enable_mepic:
-        from mepic_sglang.flags import attach_plugin_args
+        from mepic_sglang.sglang.server_args import attach_plugin_args
 
         attach_plugin_args(server_args, enable_mepic=True)
     engine = sgl.Engine(server_args=server_args)

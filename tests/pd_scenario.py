@@ -23,6 +23,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from disagg import server_info  # noqa: E402
 from disagg.launcher import Handle, InstanceSpec, LocalProcessLauncher, wait_healthy  # noqa: E402
 from mepic_sglang.models import ensure_tiny  # noqa: E402
 
@@ -174,12 +175,7 @@ def main(out_dir: Path) -> None:
         result["after_bad"] = generate(url, {"text": PROMPTS[0], "sampling_params": {
             "max_new_tokens": MAX_NEW, "temperature": 0}})[1].get("output_ids")  # fmt: skip
         result["slo"] = slo_requests(url)
-        result["stage_state"] = [
-            requests.get(f"{s.url}/server_info", timeout=30).json()["internal_states"][0][
-                "mepic_sglang"
-            ]["slo"]
-            for s in specs[1:]
-        ]
+        result["stage_state"] = [server_info.fetch(s.url, 30)["slo"] for s in specs[1:]]
         for _ in range(40):  # NOTE: the poller reads a fitted model within a few polls
             result["state"] = requests.get(f"{url}/dispatcher/state", timeout=5).json()
             if all(row["model"] for row in result["state"]["instances"]):

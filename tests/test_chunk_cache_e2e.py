@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from mepic_sglang.request_api import layout_segments
 from mepic_sglang.segments import parse_segments
+from mepic_sglang.sglang.request_api import layout_segments
 from tests.server_utils import ServerHandle, start_server
 
 pytestmark = pytest.mark.server

@@ -15,10 +15,9 @@ from mepic_sglang.chunk_plan import (
     extend_layout,
     logical_row,
     make_plan,
-    parse_layout,
 )
 from mepic_sglang.chunk_store import ChunkStore, page_census
-from mepic_sglang.layout import KIND_CODE, build_layout
+from mepic_sglang.layout import LayoutError, Region, RegionTable, build_layout
 from mepic_sglang.recompute import POLICIES, make_policy
 
 P = 4
@@ -89,14 +88,13 @@ def test_unknown_policy_is_refused() -> None:
 
 
 # ---- plans -------------------------------------------------------------------------------------
-def _layout(*segs: tuple[str, int]) -> tuple[list[tuple[int, ...]], list[str], int]:
+def _layout(*segs: tuple[str, int]) -> tuple[tuple[Region, ...], list[str], int]:
     lay = build_layout(
         [(kind, list(range(100 + 10 * i, 100 + 10 * i + n))) for i, (kind, n) in enumerate(segs)],
         page_size=P,
         pad_id=0,
     )
-    regions = [(KIND_CODE[r.kind], r.start, r.content_start, r.content_end, r.end)
-               for r in lay.regions]  # fmt: skip
+    regions = lay.regions
     keys = [r.chunk_key or "" for r in lay.chunk_regions]
     return regions, keys, len(lay.token_ids)
 
@@ -105,7 +103,7 @@ def test_plan_warm_cold_and_the_extend_layout() -> None:
     regions, keys, total = _layout(("text", 3), ("chunk", 9), ("chunk", 6), ("text", 2))
     # text [0,4) | chunk A [4,16): head [4,8) | chunk B [16,24): head [16,20) | text [24,26)
     have = {keys[0]: 8}
-    plan = make_plan(regions, keys, total_len=total, page_size=P,
+    plan = make_plan(regions, total_len=total, page_size=P,
                      policy=make_policy("first-page"), lookup=have.get)  # fmt: skip
     assert [(u.start, u.shared_start, u.end, u.warm) for u in plan.uses] == [
         (4, 8, 16, True),
@@ -129,22 +127,22 @@ def test_plan_warm_cold_and_the_extend_layout() -> None:
 
 def test_last_chunk_and_one_page_chunks_are_not_shared() -> None:
     regions, keys, total = _layout(("text", 3), ("chunk", 4), ("chunk", 9))
-    plan = make_plan(regions, keys, total_len=total, page_size=P,
+    plan = make_plan(regions, total_len=total, page_size=P,
                      policy=make_policy("first-page"), lookup=lambda k: None)  # fmt: skip
     assert plan.uses == ()  # a one-page chunk is all head; the last region is always computed
 
 
 def test_malformed_layouts_are_refused() -> None:
-    with pytest.raises(PlanError):
-        parse_layout({"mepic_regions": [0, 0, 0, 1], "mepic_chunk_keys": []})
-    with pytest.raises(PlanError):
-        parse_layout({"mepic_regions": [1, 0, 0, 4, 4], "mepic_chunk_keys": []})
+    with pytest.raises(LayoutError):
+        RegionTable.from_wire({"mepic_regions": [0, 0, 0, 1], "mepic_chunk_keys": []})
+    with pytest.raises(LayoutError):
+        RegionTable.from_wire({"mepic_regions": [1, 0, 0, 4, 4], "mepic_chunk_keys": []})
     regions, keys, total = _layout(("text", 3), ("chunk", 9), ("text", 2))
-    bad = [regions[0], (1, 5, 6, 16, 16), regions[2]]
+    bad = [regions[0], Region("chunk", 5, 6, 16, 16, keys[0]), regions[2]]
     with pytest.raises(PlanError, match="region 1"):
-        make_plan(bad, keys, total_len=total, page_size=P,
+        make_plan(bad, total_len=total, page_size=P,
                   policy=make_policy("first-page"), lookup=lambda k: None)  # fmt: skip
-    assert parse_layout({"other": 1}) is None
+    assert RegionTable.from_wire({"other": 1}) is None
 
 
 @settings(max_examples=60, deadline=None)
@@ -162,11 +160,11 @@ def test_plan_properties(sizes: list[tuple[str, int]], warm_mask: int, policy: s
     def lookup(key: str) -> int | None:
         if key not in have:
             return None
-        region = regions[[i for i, r in enumerate(regions) if r[0] == 1][keys.index(key)]]
-        start, c0, c1, end = region[1:]
+        region = [r for r in regions if r.kind == "chunk"][keys.index(key)]
+        start, c0, c1, end = region.start, region.content_start, region.content_end, region.end
         return end - start - pol.head_tokens(pad=c0 - start, content=c1 - c0, page_size=P)
 
-    plan = make_plan(regions, keys, total_len=total, page_size=P, policy=pol, lookup=lookup)
+    plan = make_plan(regions, total_len=total, page_size=P, policy=pol, lookup=lookup)
     lay = extend_layout(plan)
     # every position is either served from a warm span or computed exactly once in context
     served = torch.zeros(total, dtype=torch.int64)

@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mepic_sglang import compat
-from mepic_sglang.flags import (
-    ATTR,
-    PluginArgError,
-    PluginArgs,
-    attach_plugin_args,
-    cli_name,
-    get_plugin_args,
-)
+from mepic_sglang.flags import ATTR, PluginArgError, PluginArgs, cli_name, get_plugin_args
+from mepic_sglang.sglang import compat
+from mepic_sglang.sglang.server_args import attach_plugin_args
 from tests.server_utils import run_cli
 
 

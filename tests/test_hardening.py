@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from fastapi import HTTPException
 
-from mepic_sglang import chunk_admission, input_guard, liveness, privacy, shutdown
+from mepic_sglang import token_ids
 from mepic_sglang.chunk_plan import ChunkUse, Plan, fit_extra
-from mepic_sglang.input_guard import InputError
-from mepic_sglang.liveness import Liveness, LivenessMetrics, SchedulerLiveness
+from mepic_sglang.sglang import chunk_admission, input_guard, liveness, privacy, shutdown
+from mepic_sglang.sglang.liveness import Liveness, LivenessMetrics, SchedulerLiveness
+from mepic_sglang.sglang.state import req_state
+from mepic_sglang.token_ids import InputError
 
 
 # ---- the token-id gate ----------------------------------------------------------------------
@@ -34,13 +36,13 @@ from mepic_sglang.liveness import Liveness, LivenessMetrics, SchedulerLiveness
     ],
 )
 def test_token_id_problem(ids: list[object], problem: str | None) -> None:
-    got = input_guard.token_id_problem(ids, 49152)
+    got = token_ids.token_id_problem(ids, 49152)
     assert got == problem if problem is None else problem in str(got)
 
 
 def test_unknown_vocabulary_still_bounds_ids_to_int64() -> None:
-    assert input_guard.token_id_problem([2**62], 0) is None
-    assert "2**63" in str(input_guard.token_id_problem([2**63], 0))
+    assert token_ids.token_id_problem([2**62], 0) is None
+    assert "2**63" in str(token_ids.token_id_problem([2**63], 0))
 
 
 def _manager(vocab: int) -> SimpleNamespace:
@@ -318,10 +320,11 @@ def test_a_skipped_chunked_request_lets_later_ones_run_but_no_new_chunked_prefil
     from sglang.srt.managers.schedule_policy import AddReqResult
 
     plan = Plan(64, (ChunkUse("k", 0, 16, 48, warm=False),))
-    mepic_req = SimpleNamespace(rid="m", _mepic_plan=plan)
+    mepic_req = SimpleNamespace(rid="m")
+    req_state(mepic_req).plan = plan
     plain_req = SimpleNamespace(rid="p")
     monkeypatch.setattr(
-        chunk_admission, "req_layout", lambda r: ([], []) if r is mepic_req else None
+        chunk_admission, "req_plan", lambda r: req_state(r).plan if r is mepic_req else None
     )
     monkeypatch.setattr(chunk_admission, "room_in_empty_pool", lambda adder, req: 10**6)
     store = SimpleNamespace(entries={})

@@ -21,8 +21,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mepic_sglang.request_api import layout_segments
 from mepic_sglang.segments import parse_segments
+from mepic_sglang.sglang.request_api import layout_segments
 from tests.server_utils import ServerHandle, start_server
 
 pytestmark = pytest.mark.server

@@ -14,7 +14,17 @@ ALLOWED = {
     "disagg": {"scheduler_patch"},
     "mepic_sglang": {"flashinfer_ext", "scheduler_patch", "disagg"},
 }
-HOOK_TABLE = ROOT / "mepic_sglang" / "hooks.py"
+SIDE = ROOT / "mepic_sglang" / "sglang"  # the one subpackage that touches SGLang
+SEAMS = SIDE / "seams.py"  # names every SGLang target
+REGISTRAR = SIDE / "hooks.py"  # the one HookRegistry caller
+ENTRY = ROOT / "mepic_sglang" / "plugin.py"  # the entry point registers the SGLang side
+# NOTE: files outside SIDE that import sglang, each with its reason (docs/architecture.md)
+SGLANG_IMPORT_EXCEPTIONS = {
+    # subclasses SGLang's torch-native attention backend (a registered backend class)
+    ROOT / "flashinfer_ext" / "torch_backend.py",
+}
+# public methods of namedtuples, which start with "_"
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make"}
 
 
 def _sources(package: str) -> list[Path]:
@@ -50,15 +60,39 @@ def _string_constants(path: Path) -> set[str]:
     }
 
 
-def test_only_the_hook_table_touches_sglang_hooks() -> None:
+def test_only_the_sglang_subpackage_imports_sglang() -> None:
     offenders = []
     for package in PACKAGES:
         for path in _sources(package):
-            if path == HOOK_TABLE:
+            if SIDE in path.parents or path in SGLANG_IMPORT_EXCEPTIONS:
                 continue
+            imported = _imported_modules(path)
+            offenders += [
+                f"{path.relative_to(ROOT)} imports {m}"
+                for m in imported
+                if m.split(".")[0] == "sglang"
+            ]
+            if path != ENTRY and package == "mepic_sglang":
+                # the MEPIC core is plain Python: it never reaches into the SGLang side
+                offenders += [
+                    f"{path.relative_to(ROOT)} imports {m}"
+                    for m in imported
+                    if m.startswith("mepic_sglang.sglang")
+                ]
+    assert offenders == []
+
+
+def test_only_the_seams_table_touches_sglang_hooks() -> None:
+    offenders = []
+    for package in PACKAGES:
+        for path in _sources(package):
             name = str(path.relative_to(ROOT))
-            if any(m.startswith("sglang.srt.plugins") for m in _imported_modules(path)):
+            if path != REGISTRAR and any(
+                m.startswith("sglang.srt.plugins") for m in _imported_modules(path)
+            ):
                 offenders.append(f"{name} imports sglang.srt.plugins")
+            if path == SEAMS:
+                continue
             # NOTE: every hook target lives in sglang.srt; other module names (the launcher's
             # ``python -m sglang.launch_server``) are not hook targets
             targets = [s for s in _string_constants(path) if s.startswith("sglang.srt.")]
@@ -68,18 +102,100 @@ def test_only_the_hook_table_touches_sglang_hooks() -> None:
 
 
 def test_every_hook_target_is_in_the_table_and_resolves() -> None:
-    from mepic_sglang import compat
-    from mepic_sglang.hooks import HOOKS
+    from mepic_sglang.sglang import compat
+    from mepic_sglang.sglang.hooks import hook_function
+    from mepic_sglang.sglang.seams import ATTRIBUTES, CALLED, HOOKS
 
     targets = [h.target for h in HOOKS]
     assert len(targets) == len(set(targets)), "one row per target"
     for spec in HOOKS:
         assert spec.kind in ("BEFORE", "AFTER", "AROUND", "REPLACE")
         assert compat.target_params(spec.target) == spec.params, spec.target
+        assert callable(hook_function(spec)), spec.fn
+    for target, params in CALLED:
+        assert compat.target_params(target) == params, target
+    assert compat.attribute_problems(ATTRIBUTES) == []
+
+
+def _names_defined_by_the_plugin() -> set[str]:
+    out: set[str] = set()
+    for package in PACKAGES:
+        for path in _sources(package):
+            for n in ast.walk(ast.parse(path.read_text())):
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    out.add(n.name)
+                elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store):
+                    out.add(n.attr)
+                elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                    out.add(n.id)
+    return out
+
+
+def test_every_private_name_of_sglang_is_a_checked_seam() -> None:
+    """A ``_name`` the plugin reads on an object that is not its own (``x._name`` or
+    ``getattr(x, "_name")``) or imports from SGLang must be a row of seams.py, so that compat
+    checks it at start-up."""
+    from mepic_sglang.sglang.seams import ATTRIBUTES, CALLED, HOOKS
+
+    listed = {t.rsplit(".", 1)[1] for t, _ in CALLED} | {a.name for a in ATTRIBUTES}
+    listed |= {h.target.rsplit(".", 1)[1] for h in HOOKS}
+    ours = _names_defined_by_the_plugin() | NAMEDTUPLE_API
+    offenders = []
+    for package in PACKAGES:
+        for path in _sources(package):
+            tree = ast.parse(path.read_text())
+            for n in ast.walk(tree):
+                names: list[str] = []
+                if isinstance(n, ast.Attribute):
+                    names = [n.attr]
+                elif isinstance(n, ast.ImportFrom) and (n.module or "").startswith("sglang"):
+                    names = [a.name for a in n.names]
+                elif (
+                    isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Name)
+                    and n.func.id in ("getattr", "hasattr", "setattr")
+                    and len(n.args) > 1
+                    and isinstance(n.args[1], ast.Constant)
+                    and isinstance(n.args[1].value, str)
+                ):
+                    names = [n.args[1].value]
+                for name in names:
+                    private = name.startswith("_") and not name.startswith("__")
+                    if private and name not in ours and name not in listed:
+                        offenders.append(f"{path.relative_to(ROOT)}:{n.lineno} uses {name}")
+    assert offenders == []
+
+
+STATE = SIDE / "state.py"  # the one module that puts plugin state on SGLang objects
+STATE_NAME_OWNERS = {STATE, ROOT / "mepic_sglang" / "flags.py"}  # flags: ServerArgs' PluginArgs
+
+
+def test_plugin_state_on_sglang_objects_goes_through_state_py() -> None:
+    """No ``obj.__dict__`` access, ``_mepic*`` attribute name or store outside state.py: every
+    value the plugin keeps on an SGLang object is a field of one of its dataclasses."""
+    offenders = []
+    for package in PACKAGES:
+        for path in _sources(package):
+            if path == STATE:
+                continue
+            for n in ast.walk(ast.parse(path.read_text())):
+                where = f"{path.relative_to(ROOT)}:{getattr(n, 'lineno', '?')}"
+                if isinstance(n, ast.Attribute) and n.attr == "__dict__":
+                    offenders.append(f"{where} reads an object's __dict__")
+                elif isinstance(n, ast.Attribute) and n.attr.startswith("_mepic"):
+                    offenders.append(f"{where} uses attribute {n.attr}")
+                elif (
+                    isinstance(n, ast.Constant)
+                    and isinstance(n.value, str)
+                    and n.value.startswith("_mepic")
+                    and path not in STATE_NAME_OWNERS
+                ):
+                    offenders.append(f"{where} names attribute {n.value}")
+    assert offenders == []
 
 
 def test_compat_check_reports_drift() -> None:
-    from mepic_sglang import compat
+    from mepic_sglang.sglang import compat
 
     target = "sglang.srt.server_args.ServerArgs.from_cli_args"
     assert compat.check(((target, ("args",)),)) == []

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from mepic_sglang.shutdown import ABORT_MESSAGE
+from mepic_sglang.sglang.shutdown import ABORT_MESSAGE
 from tests.server_utils import ServerHandle, start_server
 
 pytestmark = pytest.mark.server

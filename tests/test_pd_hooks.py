@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mepic_sglang import pd_hooks
+from mepic_sglang.sglang import pd_hooks
 
 
 def test_decode_first_token_time_is_when_the_prebuilt_batch_ran() -> None:

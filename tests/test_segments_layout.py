@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mepic_sglang.layout import build_layout, chunk_key
+from mepic_sglang.layout import LayoutError, RegionTable, build_layout, chunk_key
 from mepic_sglang.segments import Segment, SegmentError, parse_segments, split_by_separator
 
 PAD = 0
@@ -126,3 +128,30 @@ def test_empty_segments_and_bad_page_size_are_refused() -> None:
         build_layout([("chunk", [])], page_size=4, pad_id=PAD)
     with pytest.raises(ValueError, match="page_size"):
         build_layout([("chunk", [1])], page_size=0, pad_id=PAD)
+
+
+@settings(max_examples=100, deadline=None)
+@given(segments_strategy, st.integers(1, 16))
+def test_the_region_table_survives_its_wire_form(segs, page_size) -> None:  # type: ignore[no-untyped-def]
+    """What the tokenizer sends is what the scheduler plans: ``from_wire(to_wire(t)) == t``, and
+    the wire form is JSON scalars and lists only (``custom_params`` crosses processes as JSON)."""
+    table = build_layout(segs, page_size=page_size, pad_id=PAD, salt="s").table
+    wire = table.to_wire()
+    assert json.loads(json.dumps(wire)) == wire
+    assert RegionTable.from_wire(wire) == table
+
+
+@pytest.mark.parametrize(
+    ("wire", "message"),
+    [
+        ({"mepic_regions": [0, 0, 0, 1]}, "5-int groups"),
+        ({"mepic_regions": [0, 0, 0, 1, True], "mepic_chunk_keys": []}, "5-int groups"),
+        ({"mepic_regions": [1, 0, 0, 4, 4], "mepic_chunk_keys": ["k", 3]}, "list of strings"),
+        ({"mepic_regions": [1, 0, 0, 4, 4], "mepic_chunk_keys": []}, "one chunk key per chunk"),
+        ({"mepic_regions": [2, 0, 0, 4, 4], "mepic_chunk_keys": []}, "region kind"),
+        ({"mepic_regions": [], "mepic_chunk_keys": [], "mepic_page_size": 0}, "positive int"),
+    ],
+)
+def test_a_malformed_wire_form_is_refused(wire: dict[str, object], message: str) -> None:
+    with pytest.raises(LayoutError, match=message):
+        RegionTable.from_wire(wire)

@@ -18,9 +18,9 @@ from disagg.cluster import build, parser
 from disagg.fleet import PortPlan
 from disagg.launcher import Handle, InstanceSpec, Launcher
 from disagg.weights import start_instance
-from mepic_sglang import pd_hooks
 from mepic_sglang.flags import PluginArgs
-from mepic_sglang.weights_hooks import _call_with_deadline, weights_digest
+from mepic_sglang.sglang import pd_hooks
+from mepic_sglang.sglang.weights_hooks import _call_with_deadline, weights_digest
 
 
 def params(seed: int = 0) -> list[tuple[str, torch.Tensor]]:

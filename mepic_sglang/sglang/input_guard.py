@@ -13,7 +13,7 @@ Two kinds of check, both in the launcher (tokenizer) process:
   ``IndexError`` kills the scheduler and with it every server process; an id of 2**63 or more
   fails SGLang's own ``array("q", ...)`` with an ``OverflowError`` (HTTP 500).
 * **Field checks** (:func:`check_cache_salt`, :func:`check_reserved_keys`, called by
-  :mod:`mepic_sglang.request_api` before the plugin reads a request): ``cache_salt`` must be
+  :mod:`mepic_sglang.sglang.request_api` before the plugin reads a request): ``cache_salt`` must be
   a string (chunk keys hash it), the ``custom_params`` keys the plugin writes itself are reserved
   (``mepic_*`` with ``--enable-mepic``, ``slo_arrival`` with ``--schedule-policy multi-slo``), and
   with ``--mepic-require-cache-salt`` every generate request names its tenant.
@@ -23,42 +23,10 @@ Errors are :class:`InputError` (a ``ValueError``): SGLang answers HTTP 400 with 
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
 from typing import Any
 
+from mepic_sglang.token_ids import InputError, check_token_ids
 from scheduler_patch.slo import ARRIVAL_KEY
-
-
-class InputError(ValueError):
-    """A request field a client may not send as it is; the message names the field."""
-
-
-def token_id_problem(ids: Sequence[Any], vocab_size: int) -> str | None:
-    """Why ``ids`` cannot reach the model (the first bad id and its index), or None.
-
-    Every id must be an integer (``int`` or any ``__index__`` type such as numpy's, not a
-    ``bool``) in ``[0, vocab_size)``; ``vocab_size <= 0`` means unknown (only the sign and the
-    64-bit range are checked)."""
-    upper = vocab_size if vocab_size > 0 else 2**63
-    where = f"[0, {vocab_size})" if vocab_size > 0 else "[0, 2**63)"
-    for i, t in enumerate(ids):
-        try:
-            value = None if isinstance(t, bool) else operator.index(t)
-        except TypeError:
-            value = None
-        if value is None:
-            return f"token id {t!r} at index {i} is not an integer"
-        if not 0 <= value < upper:
-            return f"token id {t!r} at index {i} is outside the model's vocabulary {where}"
-    return None
-
-
-def check_token_ids(ids: Sequence[Any], vocab_size: int, field: str) -> None:
-    """Raise :class:`InputError` naming ``field`` when an id cannot reach the model."""
-    problem = token_id_problem(ids, vocab_size)
-    if problem is not None:
-        raise InputError(f"{field}: {problem}")
 
 
 def vocab_size_of(manager: Any) -> int:
@@ -125,7 +93,7 @@ def internal_request(manager: Any, obj: Any) -> bool:
     from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
     from sglang.srt.managers.tokenizer_manager import ServerStatus
 
-    from mepic_sglang import liveness
+    from mepic_sglang.sglang import liveness
 
     rid = getattr(obj, "rid", None)
     if isinstance(rid, str) and rid.startswith(HEALTH_CHECK_RID_PREFIX):

@@ -2,17 +2,21 @@
 
 The plugin patches private SGLang 0.5.23 internals. A different SGLang version, or a hooked
 function whose parameters changed, would make a hook silently misbehave, so at start-up every
-process checks (a) the installed ``sglang`` version against :data:`PINNED_SGLANG` and (b) that
-every target in :data:`mepic_sglang.hooks.HOOKS` resolves and has the parameter names recorded
-there. ``--mepic-compat-check`` decides whether a problem is fatal (see
-:class:`mepic_sglang.flags.PluginArgs`).
+process checks (a) the installed ``sglang`` version against :data:`PINNED_SGLANG`, (b) that every
+hook target and every SGLang function the plugin calls (:mod:`mepic_sglang.sglang.seams`)
+resolves and has the parameter names recorded there, and (c) that every private attribute the
+plugin reads is still assigned by its owner class. ``--mepic-compat-check`` decides whether a
+problem is fatal (see :class:`mepic_sglang.flags.PluginArgs`).
 """
 
 from __future__ import annotations
 
 import inspect
 import pkgutil
+import re
 from importlib.metadata import PackageNotFoundError, version
+
+from mepic_sglang.sglang import seams
 
 PINNED_SGLANG = "0.5.23"
 
@@ -51,11 +55,26 @@ def check(hooks: tuple[tuple[str, tuple[str, ...]], ...]) -> list[str]:
     return out
 
 
+def attribute_problems(attributes: tuple[seams.Attribute, ...]) -> list[str]:
+    """Problems for private attributes: each must be assigned (``self.<name> =``) in the source
+    of its owner class or a base class."""
+    out: list[str] = []
+    for attr in attributes:
+        try:
+            owner = pkgutil.resolve_name(attr.owner)
+            sources = [inspect.getsource(c) for c in inspect.getmro(owner) if c is not object]
+        except Exception as exc:  # NOTE: any import-time failure is a problem to report
+            out.append(f"{attr.owner} cannot be resolved ({exc})")
+            continue
+        if not any(re.search(rf"self\.{attr.name}\s*(:[^=]*)?=", src) for src in sources):
+            out.append(f"{attr.owner} no longer sets the attribute {attr.name} ({attr.why})")
+    return out
+
+
 def problems() -> list[str]:
-    """:func:`check` over the plugin's hook table, computed once per process."""
+    """:func:`check` over :mod:`mepic_sglang.sglang.seams`, computed once per process."""
     global _cached
     if _cached is None:
-        from mepic_sglang.hooks import HOOKS, REGISTRY_SEAMS
-
-        _cached = check(tuple((h.target, h.params) for h in HOOKS) + REGISTRY_SEAMS)
+        rows = tuple((h.target, h.params) for h in seams.HOOKS) + seams.CALLED
+        _cached = check(rows) + attribute_problems(seams.ATTRIBUTES)
     return list(_cached)

@@ -1,7 +1,7 @@
 """Scheduler-side admission of MEPIC requests: arrival, the prefill round, commit.
 
 A request with chunks may never wait for something that cannot happen, and may not hold up
-requests that could run. Three decisions (hook rows in :mod:`mepic_sglang.hooks`)::
+requests that could run. Three decisions (hook rows in :mod:`mepic_sglang.sglang.hooks`)::
 
     SGLang step                   question                            answer
     ----------------------------  ----------------------------------  -----------------------------
@@ -37,15 +37,15 @@ import logging
 import os
 from typing import Any
 
-from mepic_sglang.chunk_batch import REQ_STATE, ReqState
-from mepic_sglang.chunk_cache import REQ_LAYOUT, REQ_PLAN, drop_layout, req_layout
-from mepic_sglang.chunk_plan import Plan, fit_extra
+from mepic_sglang.chunk_plan import fit_extra
+from mepic_sglang.sglang.chunk_batch import ChunkHold
+from mepic_sglang.sglang.chunk_cache import drop_layout, req_layout, req_plan
+from mepic_sglang.sglang.state import req_state, round_state
 
 logger = logging.getLogger(__name__)
 # Test-only fault injection: admit with the full extra KV even when it can never fit (the
 # stall this module prevents), so the liveness watch can be tested on a real stall.
 _TEST_NO_POOL_FIT = os.environ.get("MEPIC_TEST_DISABLE_POOL_FIT", "0") not in ("", "0")
-ROUND_ATTR = "_mepic_skipped"  # PrefillAdder attribute (one prefill round): a MEPIC req skipped
 
 
 def room_in_empty_pool(adder: Any, req: Any) -> int:
@@ -66,10 +66,10 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
     (within what an empty pool can give) and never split (chunk) its extend."""
     from sglang.srt.managers.schedule_policy import AddReqResult
 
-    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
+    plan = req_plan(req)
     if plan is None:
         result = original(adder, req, **kwargs)
-        if getattr(result, "is_chunked", False) and adder.__dict__.get(ROUND_ATTR):
+        if getattr(result, "is_chunked", False) and round_state(adder).skipped:
             # NOTE: a MEPIC request was skipped earlier in this round for lack of step budget. A
             # new chunked prefill would take the step ahead of it in every later round (SGLang
             # resumes a chunked request first), so none starts behind it.
@@ -78,7 +78,7 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
     if not _TEST_NO_POOL_FIT:
         fitted = fit_extra(plan, max(room_in_empty_pool(adder, req), 0))
         if fitted is not plan:
-            setattr(req, REQ_PLAN, fitted)
+            req_state(req).plan = fitted
             plan = fitted
     # NOTE: stock admission pins the matched prefix while it checks the budget; our prefix is
     # the warm entries, which still count as evictable until commit acquires them.
@@ -93,7 +93,7 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
         # prefill would continue from row[:prefix_len] as a plain prefix). Requests behind it may
         # still use the rest of the round, but none may start a chunked prefill (see above);
         # next round it is tried again before them.
-        adder.__dict__[ROUND_ATTR] = True
+        round_state(adder).skipped = True
         return AddReqResult.CONTINUE
     # NOTE: too long even as the round's first request (arrival refuses prompts longer than a
     # step, so this is a request re-admitted after retraction with its outputs, or a step
@@ -105,7 +105,7 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
 
 def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> None:
     """AFTER ``PrefillAdder._commit_prefill_admission``: the request holds its warm entries."""
-    plan: Plan | None = getattr(req, REQ_PLAN, None) if req_layout(req) else None
+    plan = req_plan(req)
     if plan is None:
         return
     store = adder.tree_cache.mepic_store
@@ -131,7 +131,7 @@ def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwar
             req.rid,
             plan.in_context,
         )
-    setattr(req, REQ_STATE, ReqState(plan, acquired=keys))
+    req_state(req).hold = ChunkHold(plan, acquired=keys)
     adder.tree_cache.mepic_metrics.sync(store)
 
 
@@ -139,13 +139,13 @@ def check_arrival(scheduler: Any, req: Any, is_retracted: bool) -> None:
     """A new request with chunks whose laid-out prompt can never be prefilled in one step is
     refused at once (HTTP 400 naming the limit) instead of being served as a plain prompt with
     its padding and no sharing. Called first by the arrival hook
-    (:func:`mepic_sglang.slo_hooks.around_add_request_to_queue`)."""
+    (:func:`mepic_sglang.sglang.slo_hooks.around_add_request_to_queue`)."""
     limit = getattr(scheduler, "chunked_prefill_size", None)
     if is_retracted or req.to_finish is not None or not limit or req_layout(req) is None:
         return
     n = len(req.origin_input_ids)
     if n > limit:
-        setattr(req, REQ_LAYOUT, False)
+        req_state(req).layout = None
         req.set_finish_with_abort(
             f"the laid-out prompt has {n} tokens; a request with chunks is prefilled in one "
             f"step, so it must fit --chunked-prefill-size ({limit})"

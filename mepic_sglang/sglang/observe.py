@@ -15,11 +15,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mepic_sglang import __version__, compat, liveness, nope, slo_hooks, weights_hooks
+from disagg import server_info
+from mepic_sglang import __version__
 from mepic_sglang.flags import get_plugin_args
+from mepic_sglang.sglang import compat, liveness, nope, slo_hooks, weights_hooks
+from mepic_sglang.sglang.state import scheduler_state
 
 logger = logging.getLogger(__name__)
-INTERNAL_STATE_KEY = "mepic_sglang"
 
 
 def plugin_state(server_args: Any) -> dict[str, Any]:
@@ -52,9 +54,6 @@ def after_scheduler_init(result: None, scheduler: Any, *args: Any, **kwargs: Any
         )
     for problem in state["compat_problems"]:
         logger.warning("mepic-sglang compatibility: %s", problem)
-
-
-USAGE_ATTR = "_mepic_pool_usage"
 
 
 @dataclass
@@ -106,7 +105,10 @@ def after_next_batch(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> 
     """AFTER ``Scheduler.get_next_batch_to_run``: sample the pool for :class:`PoolUsage`; one step
     for the liveness watch."""
     ran = getattr(result, "batch_to_run", None) is not None
-    usage = scheduler.__dict__.setdefault(USAGE_ATTR, PoolUsage())
+    state = scheduler_state(scheduler)
+    if state.usage is None:
+        state.usage = PoolUsage()
+    usage = state.usage
     usage.sample(_used_tokens(scheduler), ran)
     if (watch := liveness.of(scheduler)) is not None:
         watch.observe(scheduler, ran_batch=ran)
@@ -117,7 +119,7 @@ def pool_state(scheduler: Any) -> dict[str, Any]:
     """The KV pool in tokens, for any server (stock included), so benchmarks compare alike."""
     cache = scheduler.tree_cache
     allocator = scheduler.token_to_kv_pool_allocator
-    usage = scheduler.__dict__.get(USAGE_ATTR) or PoolUsage()
+    usage = scheduler_state(scheduler).usage or PoolUsage()
     return {
         "total_tokens": int(scheduler.max_total_num_tokens),
         "available_tokens": int(allocator.available_size()),
@@ -188,5 +190,5 @@ def after_get_internal_state(result: Any, scheduler: Any, *args: Any, **kwargs: 
             "waiting_requests": len(scheduler.waiting_queue),
             "running_requests": len(scheduler.running_batch.reqs),
         }
-    result.internal_state[INTERNAL_STATE_KEY] = state
+    result.internal_state[server_info.PLUGIN_KEY] = state
     return result

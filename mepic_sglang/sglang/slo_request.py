@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any
 
 from mepic_sglang.flags import PluginArgs, get_plugin_args
-from scheduler_patch.sglang_adapter import REJECT_STATUS
+from mepic_sglang.sglang.slo_adapter import REJECT_STATUS
 from scheduler_patch.slo import (
     ARRIVAL_KEY,
     CLASS_KEY,

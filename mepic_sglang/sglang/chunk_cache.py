@@ -4,7 +4,7 @@ A subclass of SGLang's ``UnifiedRadixCache``. Requests without chunk marks go th
 tree unchanged. For a MEPIC request, ``match_prefix`` plans it (:mod:`mepic_sglang.chunk_plan`) and
 reports the shared-chunk tokens as its "cached prefix": SGLang then charges admission, allocates
 fresh slots and counts ``cached_tokens`` for exactly the tokens the request computes, and
-:mod:`mepic_sglang.chunk_batch` puts every slot at its real position.
+:mod:`mepic_sglang.sglang.chunk_batch` puts every slot at its real position.
 
 Memory accounting: SGLang's pool invariant is ``available + evictable + protected + uncached ==
 total``. Unreferenced chunk entries are evictable, referenced ones and scratch heads protected,
@@ -23,41 +23,45 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, Mat
 from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
-from mepic_sglang.chunk_plan import Plan, PlanError, make_plan, parse_layout
+from mepic_sglang.chunk_plan import Plan, PlanError, make_plan
 from mepic_sglang.chunk_store import ChunkStore, page_census
-from mepic_sglang.layout import chunk_key
+from mepic_sglang.layout import LayoutError, Region, RegionTable, chunk_key
 from mepic_sglang.metrics import ChunkMetrics
 from mepic_sglang.recompute import RecomputePolicy, make_policy
+from mepic_sglang.sglang.state import req_state
 
-REQ_LAYOUT = "_mepic_layout"  # Req attribute: parsed (regions, keys), or False
-REQ_PLAN = "_mepic_plan"  # Req attribute: the Plan of the current round
 logger = logging.getLogger(__name__)
 
 
-def req_layout(req: Any) -> tuple[list[tuple[int, ...]], list[str]] | None:
-    """The request's parsed chunk layout (cached on the Req), None for plain requests."""
-    cached = getattr(req, REQ_LAYOUT, None)
-    if cached is None:
+def req_layout(req: Any) -> RegionTable | None:
+    """The request's chunk layout (parsed once, kept in its :class:`ReqState`), None for plain
+    requests."""
+    state = req_state(req)
+    if not state.layout_read:
+        state.layout_read = True
         custom = getattr(req.sampling_params, "custom_params", None)
         try:
-            cached = parse_layout(custom) or False
-        except PlanError as e:  # NOTE: the tokenizer side validates; this guards direct IPC
+            state.layout = RegionTable.from_wire(custom)
+        except LayoutError as e:  # NOTE: the tokenizer side validates; this guards direct IPC
             logger.warning("rid %s: ignoring MEPIC layout: %s", req.rid, e)
-            cached = False
-        if cached and getattr(req, "session", None) is not None:
+        if state.layout is not None and getattr(req, "session", None) is not None:
             # NOTE: session turns prepend history to the prompt and keep rows across turns;
             # neither fits a permuted row (the tokenizer side refuses such requests).
             logger.warning("rid %s: MEPIC layout ignored in a session", req.rid)
-            cached = False
-        setattr(req, REQ_LAYOUT, cached)
-    return cached if isinstance(cached, tuple) else None
+            state.layout = None
+    return state.layout
+
+
+def req_plan(req: Any) -> Plan | None:
+    """The chunk plan of a MEPIC request's current admission round (None: plain request)."""
+    return req_state(req).plan if req_layout(req) is not None else None
 
 
 def drop_layout(req: Any, why: str) -> None:
     """Serve ``req`` as a plain request from its next match on (its ids keep their padding)."""
     logger.warning("rid %s: served without chunk sharing: %s", req.rid, why)
-    setattr(req, REQ_LAYOUT, False)
-    setattr(req, REQ_PLAN, None)
+    state = req_state(req)
+    state.layout_read, state.layout, state.plan = True, None, None
     req.skip_radix_cache_insert = False
 
 
@@ -111,54 +115,55 @@ class MepicRadixCache(UnifiedRadixCache):
             )
             base = super().match_prefix(MatchPrefixParams(key=key))
             plan = dataclasses.replace(plan, prefix=int(base.device_prefix_len))
-        setattr(req, REQ_PLAN, plan)
+        req_state(req).plan = plan
         # NOTE: the row is permuted (shared pages in the middle): it must never be inserted
         # into the radix tree as if it were a plain prefix (chunk_batch inserts the leading text).
         req.skip_radix_cache_insert = True
         cached = plan.cached_tokens
         return base._replace(device_prefix_len=cached, cache_protected_len=cached)
 
-    def plan_request(
-        self, req: Any, layout: tuple[list[tuple[int, ...]], list[str]], total_len: int
-    ) -> Plan:
-        regions, keys = layout
+    def plan_request(self, req: Any, layout: RegionTable, total_len: int) -> Plan:
         store = self.mepic_store
-        if not getattr(req, "_mepic_keys_checked", False):
-            self._check_keys(req, regions, keys)
-            req._mepic_keys_checked = True
-        if req.extra_key:
+        state = req_state(req)
+        if not state.keys_checked:
+            self._check_keys(req, layout)
+            state.keys_checked = True
+        extra = req.extra_key
+
+        def key_of(region: Region) -> str:
             # NOTE: like the radix tree, chunk pages are namespaced by extra_key (LoRA adapter
             # and user key): the same tokens under another adapter have other KV.
-            keys = [f"{req.extra_key}\0{k}" for k in keys]
+            key = region.chunk_key or ""
+            return f"{extra}\0{key}" if extra else key
 
         def lookup(key: str) -> int | None:
             entry = store.lookup(key)
             return None if entry is None else entry.tokens
 
         return make_plan(
-            regions,
-            keys,
+            layout.regions,
+            key_of=key_of,
             total_len=total_len,
             page_size=int(self.page_size),
             policy=self.mepic_policy,
             lookup=lookup,
         )
 
-    def _check_keys(self, req: Any, regions: list[tuple[int, ...]], keys: list[str]) -> None:
+    def _check_keys(self, req: Any, layout: RegionTable) -> None:
         """A chunk key must name the tokens it covers (salt, model, page size included): a forged
         or stale key would publish or read another chunk's pages."""
         ids = list(req.origin_input_ids)
         salt = getattr(req, "cache_salt", None) or ""
-        chunks = [r for r in regions if r[0] == 1]
-        for (_, _, c_start, c_end, _), key in zip(chunks, keys, strict=True):
+        for r in layout.chunk_regions:
+            c_start, c_end = r.content_start, r.content_end
             want = chunk_key(ids[c_start:c_end], salt=salt, model=self.mepic_model,
                              page_size=int(self.page_size))  # fmt: skip
-            if c_end > len(ids) or key != want:
+            if c_end > len(ids) or r.chunk_key != want:
                 raise PlanError("a chunk key does not match the chunk's tokens")
 
     def prefix_device_indices(self, req: Any) -> torch.Tensor:
-        plan: Plan | None = getattr(req, REQ_PLAN, None)
-        if plan is None or req_layout(req) is None:
+        plan = req_plan(req)
+        if plan is None:
             return super().prefix_device_indices(req)
         parts = [self.mepic_store.entries[u.key].slots for u in plan.warm]
         if plan.prefix:
@@ -211,8 +216,6 @@ class MepicRadixCache(UnifiedRadixCache):
         ``live_reqs``: the requests that hold a KV row (empty when the scheduler is idle).
         Page 0 is the allocator's reserved padding page.
         """
-        from mepic_sglang.chunk_batch import REQ_STATE
-
         p = int(self.page_size)
         allocator = self.token_to_kv_pool_allocator
         n_pages = int(allocator.size) // p + 1  # page 0 is reserved
@@ -238,9 +241,9 @@ class MepicRadixCache(UnifiedRadixCache):
         for req in live_reqs:
             if not req.kv.holds_kv:
                 continue
-            state = getattr(req, REQ_STATE, None)
-            if state is not None and state.scratch is not None:
-                by_state["scratch"].append(pages(state.scratch))
+            hold = req_state(req).hold
+            if hold is not None and hold.scratch is not None:
+                by_state["scratch"].append(pages(hold.scratch))
             row = pages(rows[req.kv.req_pool_idx, : int(req.kv.kv_allocated_len)])
             by_state["private"].append(row[~not_private[row]])
         return page_census(n_pages, by_state)

@@ -31,10 +31,10 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from mepic_sglang import liveness
+from mepic_sglang.sglang import liveness
+from mepic_sglang.sglang.state import manager_state
 
 logger = logging.getLogger(__name__)
-ATTR = "_mepic_shutdown"  # TokenizerManager attribute: Drain
 ABORT_MESSAGE = "server shutting down: request aborted after the shutdown grace period"
 ABORT_GRACE_S = 10.0
 POLL_S = 0.25
@@ -77,10 +77,10 @@ class Drain:
 
 
 def drain_of(manager: Any, timeout_s: float) -> Drain:
-    drain = manager.__dict__.get(ATTR)
-    if not isinstance(drain, Drain):
-        drain = manager.__dict__[ATTR] = Drain(timeout_s)
-    return drain
+    state = manager_state(manager)
+    if state.drain is None:
+        state.drain = Drain(timeout_s)
+    return state.drain
 
 
 def refusing(manager: Any, timeout_s: float) -> bool:

@@ -9,14 +9,14 @@ with ``--enable-mepic``, it
 1. parses and validates the segments (:mod:`mepic_sglang.segments`; errors become HTTP 400),
 2. tokenises every segment on its own and lays them out on pages (:mod:`mepic_sglang.layout`),
 3. replaces the request's text by those token ids and records the layout in
-   ``sampling_params.custom_params`` (``mepic_regions``, ``mepic_chunk_keys``) for the scheduler,
+   ``sampling_params.custom_params`` for the scheduler (:meth:`RegionTable.to_wire`),
 4. adds ``meta_info["mepic"]`` (chunks, pad tokens, page size, shared and recomputed tokens) to
    every output.
 
 The same hook first checks the fields every generate request may carry
-(:mod:`mepic_sglang.input_guard`), stamps SLOs (:mod:`mepic_sglang.slo_request`), refuses new
-requests with HTTP 503 once a bounded shutdown began and tracks in-flight HTTP requests for it
-(:mod:`mepic_sglang.shutdown`).
+(:mod:`mepic_sglang.sglang.input_guard`), stamps SLOs (:mod:`mepic_sglang.sglang.slo_request`),
+refuses new requests with HTTP 503 once a bounded shutdown began and tracks in-flight HTTP
+requests for it (:mod:`mepic_sglang.sglang.shutdown`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mepic_sglang import chat_parts, input_guard, shutdown, slo_request
+from mepic_sglang import chat_parts
 from mepic_sglang.flags import PluginArgs, get_plugin_args
-from mepic_sglang.layout import KIND_CODE, Layout, build_layout
+from mepic_sglang.layout import Layout, build_layout
 from mepic_sglang.segments import Segment, SegmentError, parse_segments, split_by_separator
+from mepic_sglang.sglang import input_guard, shutdown, slo_request
 from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.slo import Slo
 
@@ -67,20 +68,6 @@ def tokenise(
         else:
             out.insert(0, ("text", list(specials)))
     return out
-
-
-def custom_params(layout: Layout) -> dict[str, Any]:
-    """The layout as flat scalar lists (what SGLang's ``custom_params`` may carry)."""
-    regions = [
-        v
-        for r in layout.regions
-        for v in (KIND_CODE[r.kind], r.start, r.content_start, r.content_end, r.end)
-    ]
-    return {
-        "mepic_regions": regions,
-        "mepic_chunk_keys": [r.chunk_key for r in layout.chunk_regions],
-        "mepic_page_size": layout.page_size,
-    }
 
 
 SCHEDULER_KEYS = {  # scheduler-side customized_info -> meta_info["mepic"] key
@@ -185,7 +172,7 @@ async def _requested_segments(
 def check_request(obj: Any) -> None:
     """What a chunked request cannot ask for (HTTP 400 via SegmentError). Its length against
     the prefill step is checked by the scheduler, which knows its own ``chunked_prefill_size``
-    (:mod:`mepic_sglang.chunk_admission`)."""
+    (:mod:`mepic_sglang.sglang.chunk_admission`)."""
     if getattr(obj, "session_params", None):
         raise SegmentError("requests with chunks cannot be part of a session (session_params)")
     start = getattr(obj, "logprob_start_len", None)
@@ -264,7 +251,7 @@ async def _prepare(
     obj.text = None
     obj.input_ids = list(layout.token_ids)
     sampling = dict(obj.sampling_params or {})
-    sampling["custom_params"] = {**(sampling.get("custom_params") or {}), **custom_params(layout)}
+    sampling["custom_params"] = {**(sampling.get("custom_params") or {}), **layout.table.to_wire()}
     obj.sampling_params = sampling
     return slo, layout
 

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mepic_sglang.sglang.state import manager_state, scheduler_state
+
 logger = logging.getLogger(__name__)
 DEFAULT_STALL_TIMEOUT_S = 60.0
 POLL_S = 1.0
-ATTR = "_mepic_liveness"  # Scheduler attribute: SchedulerLiveness
-HELD_ATTR = "_mepic_liveness_held"  # TokenizerManager attribute: bool, the status is held
 
 
 @dataclass
@@ -225,14 +225,13 @@ def attach(scheduler: Any, timeout_s: float) -> None:
     signal = None
     if reporter and timeout_s > 0:
         signal = signal_dir(scheduler.server_args) / f"dp{parallel.dp_rank or 0}.json"
-    scheduler.__dict__[ATTR] = SchedulerLiveness(
+    scheduler_state(scheduler).liveness = SchedulerLiveness(
         Liveness(timeout_s=timeout_s), LivenessMetrics(metrics_on), signal
     )
 
 
 def of(scheduler: Any) -> SchedulerLiveness | None:
-    value = scheduler.__dict__.get(ATTR)
-    return value if isinstance(value, SchedulerLiveness) else None
+    return scheduler_state(scheduler).liveness
 
 
 def around_health_check_signal(original: Any, scheduler: Any) -> Any:
@@ -250,7 +249,7 @@ def around_health_check_signal(original: Any, scheduler: Any) -> Any:
 # ---- the launcher side ---------------------------------------------------------------------
 def holding(manager: Any) -> bool:
     """True while :func:`watch_signals` holds the server status at ``Starting``."""
-    return bool(manager.__dict__.get(HELD_ATTR, False))
+    return manager_state(manager).liveness_held
 
 
 async def watch_signals(manager: Any, timeout_s: float) -> None:
@@ -269,10 +268,10 @@ async def watch_signals(manager: Any, timeout_s: float) -> None:
         stalled = read_stalled(directory)
         if stalled and manager.server_status == ServerStatus.Up:
             manager.server_status = ServerStatus.Starting
-            held = manager.__dict__[HELD_ATTR] = True
+            held = manager_state(manager).liveness_held = True
             logger.error("mepic-sglang: a scheduler is stalled: /health_generate answers 503")
         elif not stalled and held:
             if manager.server_status == ServerStatus.Starting:
                 manager.server_status = ServerStatus.Up
-            held = manager.__dict__[HELD_ATTR] = False
+            held = manager_state(manager).liveness_held = False
             logger.warning("mepic-sglang: the stall is over: /health_generate answers again")

@@ -1,6 +1,7 @@
-"""Scheduler-side hooks of ``--schedule-policy multi-slo`` (rows in :mod:`mepic_sglang.hooks`).
+"""Scheduler-side hooks of ``--schedule-policy multi-slo`` (rows in
+:mod:`mepic_sglang.sglang.seams`).
 
-They find the process's :class:`~scheduler_patch.sglang_adapter.SloScheduler` on the scheduler
+They find the process's :class:`~mepic_sglang.sglang.slo_adapter.SloScheduler` on the scheduler
 and hand it SGLang's objects; a scheduler without ``multi-slo`` runs SGLang's code untouched.
 """
 
@@ -11,19 +12,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mepic_sglang import chunk_admission
 from mepic_sglang.flags import get_plugin_args
+from mepic_sglang.sglang import chunk_admission
+from mepic_sglang.sglang.slo_adapter import SloScheduler, reject
+from mepic_sglang.sglang.state import scheduler_state
 from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.latency_model import LatencyModel
 from scheduler_patch.policy import make_policy
-from scheduler_patch.sglang_adapter import ATTR, SloScheduler, reject
 
 logger = logging.getLogger(__name__)
 
 
 def runtime_of(scheduler: Any) -> SloScheduler | None:
-    runtime = scheduler.__dict__.get(ATTR)
-    return runtime if isinstance(runtime, SloScheduler) else None
+    return scheduler_state(scheduler).slo
 
 
 def around_init_schedule_policy(original: Callable[..., Any], scheduler: Any) -> Any:
@@ -48,7 +49,7 @@ def around_init_schedule_policy(original: Callable[..., Any], scheduler: Any) ->
         make_policy(MULTI_SLO, model, args.slo_unattainable),  # type: ignore[arg-type]
         args.slo_defaults(),
     )
-    scheduler.__dict__[ATTR] = runtime
+    scheduler_state(scheduler).slo = runtime
     logger.info(
         "mepic-sglang: multi-slo scheduling (unattainable: %s; latency profile: %s)",
         args.slo_unattainable,
@@ -61,7 +62,7 @@ def around_add_request_to_queue(
     original: Callable[..., Any], scheduler: Any, req: Any, is_retracted: bool = False
 ) -> Any:
     """AROUND ``Scheduler._add_request_to_queue``: a new request meets the arrival checks: MEPIC's
-    (:func:`mepic_sglang.chunk_admission.check_arrival`), then the SLO decision."""
+    (:func:`mepic_sglang.sglang.chunk_admission.check_arrival`), then the SLO decision."""
     chunk_admission.check_arrival(scheduler, req, is_retracted)
     runtime = runtime_of(scheduler)
     if runtime is None or is_retracted or req.to_finish is not None or _decode_stage(scheduler):

@@ -1,8 +1,9 @@
 """SGLang's scheduler, seen and steered through a :class:`~scheduler_patch.policy.SchedulingPolicy`.
 
-One :class:`SloScheduler` lives in each scheduler process (``scheduler._mepic_slo``). The hook
-functions in ``mepic_sglang/slo_hooks.py`` call it; it converts SGLang ``Req`` objects into
-:class:`ReqView` s, asks the pure policy, and applies the answer with SGLang's own mechanics:
+One :class:`SloScheduler` lives in each scheduler process (``scheduler_state(scheduler).slo``).
+The hook functions in ``mepic_sglang/sglang/slo_hooks.py`` call it; it converts SGLang ``Req``
+objects into :class:`ReqView` s, asks the pure policy, and applies the answer with SGLang's own
+mechanics:
 
 | SGLang step (0.5.23)                   | here            | effect                          |
 |----------------------------------------|-----------------|---------------------------------|
@@ -26,12 +27,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mepic_sglang.sglang.state import req_state
 from scheduler_patch.latency_model import StepSample, attn_work
 from scheduler_patch.policy import EngineView, ReqView, SchedulingPolicy, Verdict
 from scheduler_patch.slo import ARRIVAL_KEY, Slo, SloDefaults, SloError
 
 logger = logging.getLogger(__name__)
-ATTR = "_mepic_slo"  # SloScheduler on the Scheduler; ReqSlo on each Req
 CLIP_MAX_NEW_TOKENS = 4096  # SGLang's reservation cap per request (schedule_policy.py)
 REJECT_STATUS = 429  # Too Many Requests: the server cannot meet the SLO now; retry later/elsewhere
 
@@ -75,7 +76,8 @@ class SloScheduler:
     # ------------------------------------------------------------------ views
     def req_slo(self, req: Any, now: float) -> ReqSlo:
         """The request's :class:`ReqSlo`, created from its ``custom_params`` on first sight."""
-        state = req.__dict__.get(ATTR)
+        holder = req_state(req)
+        state = holder.slo
         if state is None:
             custom = getattr(req.sampling_params, "custom_params", None) or {}
             try:
@@ -85,7 +87,7 @@ class SloScheduler:
                 slo = self.defaults.resolve({}, req.priority)
             arrival = custom.get(ARRIVAL_KEY)
             state = ReqSlo(slo, float(arrival) if isinstance(arrival, int | float) else now)
-            req.__dict__[ATTR] = state
+            holder.slo = state
         return state
 
     def req_view(self, req: Any, now: float) -> ReqView:

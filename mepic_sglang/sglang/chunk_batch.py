@@ -1,7 +1,8 @@
 """Scheduler-side MEPIC hooks: the non-contiguous extend and release (admission:
-:mod:`mepic_sglang.chunk_admission`).
+:mod:`mepic_sglang.sglang.chunk_admission`).
 
-Life of a MEPIC request in the scheduler (hook targets are rows of :mod:`mepic_sglang.hooks`)::
+Life of a MEPIC request in the scheduler (hook targets are rows of
+:mod:`mepic_sglang.sglang.seams`)::
 
     step                         SGLang does                       we do
     ---------------------------  --------------------------------  -------------------------------
@@ -14,7 +15,7 @@ Life of a MEPIC request in the scheduler (hook targets are rows of :mod:`mepic_s
     release_kv_cache             free row[cpl:owned)               row -> [shared | private] first,
                                                                    free scratch, release entries
 
-(*) in :mod:`mepic_sglang.chunk_admission`.
+(*) in :mod:`mepic_sglang.sglang.chunk_admission`.
 
 ``cache_protected_len`` of a MEPIC request counts its shared tokens (warm + published), which the
 store accounts for; SGLang's "uncached" count is then exactly its private pages.
@@ -29,21 +30,23 @@ from typing import Any
 
 import torch
 
+from flashinfer_ext.inputs import ColdChunkKeys, MepicAttention
 from mepic_sglang.chunk_plan import ExtendLayout, Plan, extend_layout, logical_row
+from mepic_sglang.sglang.state import batch_state, req_state
 
 logger = logging.getLogger(__name__)
 
-REQ_STATE = "_mepic_state"  # Req attribute: ReqState from admission to release
-BATCH_META = "_mepic_extend"  # ScheduleBatch attribute: {batch index: ReqExtend}
 INFO_SHARED = "mepic_chunk_shared_tokens"  # Req.customized_info keys (request level)
 INFO_COMPUTED = "mepic_computed_tokens"
 INFO_PREFIX = "mepic_prefix_tokens"
 INFO_IN_CONTEXT = "mepic_in_context_chunks"
-FB_KEY = "mepic_attention"  # ForwardBatch.model_specific_states key read by the backend
 
 
 @dataclass
-class ReqState:
+class ChunkHold:
+    """The chunk pages one request holds, from admission commit to release (its
+    :attr:`ReqState.hold <mepic_sglang.sglang.state.ReqState.hold>`)."""
+
     plan: Plan
     acquired: list[str] = field(default_factory=list)  # entry keys this request holds
     published: list[tuple[int, int]] = field(default_factory=list)  # spans it published
@@ -74,7 +77,7 @@ def _alloc_scratch(tree_cache: Any, n: int) -> torch.Tensor | None:
 
 def after_prepare_for_extend(result: Any, batch: Any) -> None:
     """Lay out every MEPIC request of a new prefill batch (see the module table)."""
-    states = [getattr(r, REQ_STATE, None) for r in batch.reqs]
+    states = [req_state(r).hold for r in batch.reqs]
     if not any(s is not None and not s.applied for s in states):
         return
     tree_cache = batch.tree_cache
@@ -144,10 +147,10 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
     batch.extend_num_tokens = sum(batch.extend_lens)
     batch.prefill_input_ids_cpu = torch.cat(ids_parts)
     batch.out_cache_loc = torch.cat(loc_parts)
-    setattr(batch, BATCH_META, meta)
+    batch_state(batch).extends = meta
 
 
-def _copy_warm_spans(req: Any, state: ReqState, tree_cache: Any, row: torch.Tensor) -> None:
+def _copy_warm_spans(req: Any, state: ChunkHold, tree_cache: Any, row: torch.Tensor) -> None:
     """--mepic-chunk-copies: give the request private copies of its warm spans (``row`` is
     updated in place) and stop holding the shared entries, as an EPIC-style system would."""
     plan = state.plan
@@ -187,31 +190,29 @@ def _assert_not_shared(store: Any, *slot_sets: torch.Tensor) -> None:
 def after_forward_batch_init(result: Any, *args: Any, **kwargs: Any) -> None:
     """Real positions and attention groups for the MEPIC requests of an extend."""
     batch = kwargs.get("batch") or next(a for a in args if hasattr(a, "reqs"))
-    meta: dict[int, ReqExtend] | None = getattr(batch, BATCH_META, None)
+    meta = batch_state(batch).extends
     if not meta or result.forward_mode.is_decode_or_idle():
         return
     starts = torch.cumsum(torch.tensor([0, *batch.extend_lens]), 0).tolist()
     positions = result.positions.clone()
     device = positions.device
-    per_req: dict[int, dict[str, torch.Tensor]] = {}
+    per_req: dict[int, ColdChunkKeys | None] = {}
     for i, ext in meta.items():
         lay = ext.layout
         positions[starts[i] : starts[i + 1]] = lay.positions.to(device, positions.dtype)
         # NOTE: every MEPIC request gets an entry (its queries are not a suffix: the backend's
         # dispatcher reads that); groups and scratch keys only when it encodes cold chunks.
-        per_req[i] = {}
+        per_req[i] = None
         if lay.scratch_positions.numel() or bool(lay.k_group.any()):
-            per_req[i] = {
-                "q_group": lay.q_group.to(device),
-                "k_group": lay.k_group.to(device),
-                "k_context": lay.k_context.to(device),
-                "extra_slots": ext.scratch_slots.to(device),
-                "extra_positions": lay.scratch_positions.to(device),
-            }
+            per_req[i] = ColdChunkKeys(
+                q_group=lay.q_group,
+                k_group=lay.k_group,
+                k_context=lay.k_context,
+                extra_slots=ext.scratch_slots,
+                extra_positions=lay.scratch_positions,
+            ).to(device)
     result.positions = positions
-    # NOTE: runners copy the ForwardBatch with dataclasses.replace, which keeps declared fields
-    # only; model_specific_states is a declared free-form dict (used by no supported model).
-    result.model_specific_states = {**(result.model_specific_states or {}), FB_KEY: per_req}
+    MepicAttention(per_req).attach(result)
 
 
 # ---- release -----------------------------------------------------------------------------------
@@ -231,10 +232,11 @@ def _insert_lead(req: Any, tree_cache: Any, plan: Plan) -> int:
 def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any) -> None:
     """Put the row back to ``[tree | shared | private]`` so SGLang frees exactly the private
     pages; a finished request first hands its leading text to the radix tree."""
-    state: ReqState | None = getattr(req, REQ_STATE, None)
+    holder = req_state(req)
+    state = holder.hold
     if state is None or not req.kv.holds_kv:
         return
-    setattr(req, REQ_STATE, None)
+    holder.hold = None
     store = _store(tree_cache)
     if state.applied:
         plan = state.plan

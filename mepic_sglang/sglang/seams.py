@@ -1,9 +1,21 @@
-"""THE table of SGLang hook targets. An SGLang upgrade touches this file and nothing else.
+"""THE list of SGLang names the plugin relies on. An SGLang upgrade starts in this file.
 
-Every place where the plugin attaches to SGLang is one row here: a dotted target, the hook kind
-(see ``sglang.srt.plugins.hook_registry``), our function, and the target's parameter names as of
-the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other module may call
-``HookRegistry`` or name an ``sglang.srt`` hook target (enforced by ``tests/test_layering.py``).
+Three tables, all checked at start-up against the installed SGLang by
+:mod:`mepic_sglang.sglang.compat` (a target that no longer resolves or whose parameters changed
+is reported, fatal with ``--mepic-compat-check strict``):
+
+* :data:`HOOKS`: every place where the plugin attaches to SGLang: a dotted target, the hook kind
+  (see ``sglang.srt.plugins.hook_registry``), our function (``module.function`` in this
+  subpackage, registered by :func:`mepic_sglang.sglang.hooks.register_all`), and the target's
+  parameter names as of the pinned SGLang;
+* :data:`CALLED`: SGLang functions the plugin calls: its registries and the private (``_``)
+  functions and methods that are not public API, with their parameter names;
+* :data:`ATTRIBUTES`: private attributes the plugin reads on SGLang (or stdlib) objects.
+
+This module is data only (it imports nothing of the plugin), so the compatibility check, the
+flags and the hook functions can all read it. No other module may call ``HookRegistry``, name
+an ``sglang.srt`` target or use a private SGLang name that is not listed here (enforced by
+``tests/test_layering.py``).
 
 | target                                   | kind  | why                                           |
 |------------------------------------------|-------|-----------------------------------------------|
@@ -43,7 +55,8 @@ the pinned SGLang (checked at start-up by :mod:`mepic_sglang.compat`). No other 
 | loader.get_remote_instance_..._per_rank  | AFTER | test-only pause (fault injection, env)        |
 | ModelRunner.load_model                   | AROUND| load time, source, optional weights SHA-256   |
 
-Registries (SGLang's own extension points, called once per process from :func:`register_all`):
+Registries (SGLang's own extension points, called once per process from
+:func:`mepic_sglang.sglang.hooks.register_all`):
 
 - ``register_attention_backend`` + ``add_attention_backend_choices``: ``--attention-backend mepic``
   (and ``mepic_torch`` / ``mepic_triton`` / ``mepic_flashinfer``)
@@ -52,31 +65,13 @@ Registries (SGLang's own extension points, called once per process from :func:`r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
-
-from mepic_sglang import (
-    chunk_admission,
-    chunk_batch,
-    flags,
-    input_guard,
-    liveness,
-    nope,
-    observe,
-    pd_hooks,
-    privacy,
-    request_api,
-    shutdown,
-    slo_hooks,
-    slo_request,
-    weights_hooks,
-)
+from typing import NamedTuple
 
 
 class HookSpec(NamedTuple):
     target: str
     kind: str  # a ``sglang.srt.plugins.hook_registry.HookType`` member name
-    fn: Callable[..., Any]
+    fn: str  # ``module.function`` in mepic_sglang.sglang (resolved by hooks.register_all)
     params: tuple[str, ...]  # parameter names of ``target`` in the pinned SGLang
 
 
@@ -104,76 +99,80 @@ _ATTENTION_INIT = {
 }  # fmt: skip
 
 HOOKS: tuple[HookSpec, ...] = (
-    HookSpec(f"{_SERVER_ARGS}.add_cli_args", "AFTER", flags.after_add_cli_args, ("parser",)),
-    HookSpec(f"{_SERVER_ARGS}.from_cli_args", "AFTER", flags.after_from_cli_args, ("args",)),
+    HookSpec(
+        f"{_SERVER_ARGS}.add_cli_args", "AFTER", "server_args.after_add_cli_args", ("parser",)
+    ),
+    HookSpec(
+        f"{_SERVER_ARGS}.from_cli_args", "AFTER", "server_args.after_from_cli_args", ("args",)
+    ),
     HookSpec(
         f"{_SCHEDULER}.__init__",
         "AFTER",
-        observe.after_scheduler_init,
+        "observe.after_scheduler_init",
         ("self", "server_args", "port_args"),
     ),
     HookSpec(
         f"{_SCHEDULER}.get_internal_state",
         "AFTER",
-        observe.after_get_internal_state,
+        "observe.after_get_internal_state",
         ("self", "recv_req"),
     ),
     HookSpec(
         f"{_SCHEDULER}.get_next_batch_to_run",
         "AFTER",
-        observe.after_next_batch,
+        "observe.after_next_batch",
         ("self", "running_batch", "last_batch"),
     ),
     *(
-        HookSpec(target, "AFTER", nope.after_attention_init, params)
+        HookSpec(target, "AFTER", "nope.after_attention_init", params)
         for target, params in _ATTENTION_INIT.items()
     ),
     HookSpec(
         f"{_TOKENIZER}.generate_request",
         "AROUND",
-        request_api.around_generate_request,
+        "request_api.around_generate_request",
         ("self", "obj", "request"),
     ),
     HookSpec(
         f"{_TOKENIZER}._create_tokenized_object",
         "BEFORE",
-        input_guard.before_create_tokenized_object,
+        "input_guard.before_create_tokenized_object",
         ("self", "obj", "input_text", "input_ids", "input_embeds", "mm_inputs", "token_type_ids"),
     ),
     HookSpec(
         f"{_TOKENIZER}.get_internal_state",
         "AROUND",
-        privacy.around_get_internal_state,
+        "privacy.around_get_internal_state",
         ("self",),
     ),
     HookSpec(
         f"{_TOKENIZER}.sigterm_watchdog",
         "AROUND",
-        shutdown.around_sigterm_watchdog,
+        "shutdown.around_sigterm_watchdog",
         ("self",),
     ),
     HookSpec(
         "sglang.srt.utils.common.build_server_info",
         "AFTER",
-        privacy.after_build_server_info,
+        "privacy.after_build_server_info",
         ("server_args", "scheduler_info"),
     ),
     HookSpec(
         "sglang.srt.utils.auth.decide_request_auth",
         "AFTER",
-        privacy.after_decide_request_auth,
+        "privacy.after_decide_request_auth",
         ("method", "path", "authorization_header", "api_key", "admin_api_key", "auth_level"),
     ),
     HookSpec(
         "sglang.srt.utils.weight_versions.build_endpoint_weight_version_metadata",
         "AFTER",
-        slo_request.after_endpoint_metadata,
+        "slo_request.after_endpoint_metadata",
         ("meta_info",),
     ),
     HookSpec(
         f"{_ADDER}._select_prefill_admission",
         "AROUND",
-        chunk_admission.around_select_admission,
+        "chunk_admission.around_select_admission",
         (
             "self",
             "req",
@@ -187,19 +186,19 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(
         f"{_ADDER}._commit_prefill_admission",
         "AFTER",
-        chunk_admission.after_commit_admission,
+        "chunk_admission.after_commit_admission",
         ("self", "req", "admission", "mamba_gap_reserve"),
     ),
     HookSpec(
         "sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_extend",
         "AFTER",
-        chunk_batch.after_prepare_for_extend,
+        "chunk_batch.after_prepare_for_extend",
         ("self",),
     ),
     HookSpec(
         "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
         "AFTER",
-        chunk_batch.after_forward_batch_init,
+        "chunk_batch.after_forward_batch_init",
         (
             "batch",
             "model_runner",
@@ -214,63 +213,63 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(
         f"{_SCHEDULER}.get_output_streamer_class",
         "AFTER",
-        chunk_batch.after_output_streamer_class,
+        "chunk_batch.after_output_streamer_class",
         ("self",),
     ),
     HookSpec(
         f"{_SCHEDULER}.init_schedule_policy",
         "AROUND",
-        slo_hooks.around_init_schedule_policy,
+        "slo_hooks.around_init_schedule_policy",
         ("self",),
     ),
     HookSpec(
         f"{_SCHEDULER}._add_request_to_queue",
         "AROUND",
-        slo_hooks.around_add_request_to_queue,
+        "slo_hooks.around_add_request_to_queue",
         ("self", "req", "is_retracted"),
     ),
     HookSpec(
         f"{_SCHEDULER}.maybe_send_health_check_signal",
         "AROUND",
-        liveness.around_health_check_signal,
+        "liveness.around_health_check_signal",
         ("self",),
     ),
     HookSpec(
         f"{_SCHEDULER}.get_new_batch_prefill",
         "AROUND",
-        slo_hooks.around_get_new_batch_prefill,
+        "slo_hooks.around_get_new_batch_prefill",
         ("self", "running_batch"),
     ),
     HookSpec(
         f"{_SCHEDULER}.get_prefill_adder_class",
         "AFTER",
-        slo_hooks.after_prefill_adder_class,
+        "slo_hooks.after_prefill_adder_class",
         ("self",),
     ),
     HookSpec(
         f"{_SCHEDULER}.run_batch",
         "AROUND",
-        slo_hooks.around_run_batch,
+        "slo_hooks.around_run_batch",
         ("self", "batch", "pp_proxy_tensors"),
     ),
     HookSpec(
         "sglang.srt.disaggregation.decode.SchedulerDisaggregationDecodeMixin"
         "._get_new_prebuilt_batch",
         "AROUND",
-        slo_hooks.around_get_new_prebuilt_batch,
+        "slo_hooks.around_get_new_prebuilt_batch",
         ("self", "running_batch"),
     ),
     HookSpec(
         "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue.create_sender",
         "AFTER",
-        pd_hooks.after_create_sender,
+        "pd_hooks.after_create_sender",
         ("self", "req", "num_kv_heads"),
     ),
     *(
         HookSpec(
             f"{module}.register_memory_region",
             "AROUND",
-            weights_hooks.around_register_memory_region,
+            "weights_hooks.around_register_memory_region",
             ("model", "transfer_engine"),
         )
         for module in (
@@ -281,49 +280,52 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(
         f"{_LOADER}.RemoteInstanceModelLoader.load_model",
         "AROUND",
-        weights_hooks.around_remote_load_model,
+        "weights_hooks.around_remote_load_model",
         ("self", "model_config", "device_config"),
     ),
     HookSpec(
         "sglang.srt.model_executor.model_runner_components.remote_instance_weight_transporter"
         ".RemoteInstanceWeightTransporter.maybe_register_and_publish_weight_info",
         "AROUND",
-        weights_hooks.around_publish_weight_info,
+        "weights_hooks.around_publish_weight_info",
         ("self",),
     ),
     HookSpec(
         f"{_LOADER}.get_remote_instance_transfer_engine_info_per_rank",
         "AFTER",
-        weights_hooks.after_weight_info,
+        "weights_hooks.after_weight_info",
         ("seed_url", "rank"),
     ),
     HookSpec(
         "sglang.srt.model_executor.model_runner.ModelRunner.load_model",
         "AROUND",
-        weights_hooks.around_model_runner_load_model,
+        "weights_hooks.around_model_runner_load_model",
         ("self",),
     ),
     HookSpec(
         "sglang.srt.observability.req_time_stats.SchedulerReqTimeStats"
         ".set_decode_prebuilt_finish_time",
         "AFTER",
-        pd_hooks.after_decode_prebuilt,
+        "pd_hooks.after_decode_prebuilt",
         ("self", "ts"),
     ),
     HookSpec(
         "sglang.srt.mem_cache.common.release_kv_cache",
         "BEFORE",
-        chunk_batch.before_release_kv_cache,
+        "chunk_batch.before_release_kv_cache",
         ("req", "tree_cache", "checkpoint"),
     ),
 )
 
-# Registry functions we call, with their parameters (checked like the hook targets).
-REGISTRY_SEAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+# SGLang functions the plugin calls, with their parameters (checked like the hook targets).
+CALLED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
     ("sglang.srt.mem_cache.registry.register_radix_cache_backend", ("name", "factory")),
     ("sglang.srt.mem_cache.registry.create_unified_radix_cache", ("ctx", "cache_class")),
-    # SGLang functions the plugin calls that are not public API (shutdown.py, chunk_admission.py)
+    ("sglang.srt.mem_cache.registry.get_radix_cache_factory", ("name",)),
+    ("sglang.srt.server_args.add_attention_backend_choices", ("iterable",)),
+    # private SGLang functions and methods the plugin calls (not public API)
+    # shutdown.py: hand an abort to the scheduler like SGLang's own handlers
     (f"{_TOKENIZER}._dispatch_to_scheduler", ("self", "obj")),
     (f"{_TOKENIZER}.abort_request", ("self", "rid", "abort_all")),
     (
@@ -341,7 +343,22 @@ REGISTRY_SEAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "weight_versions",
         ),
     ),  # fmt: skip
-    # SGLang methods the chunk cache calls on itself (mepic_sglang/chunk_cache.py, chunk_batch.py)
+    # slo_adapter.py: refuse / preempt a queued request as SGLang's own abort path does
+    ("sglang.srt.managers.scheduler._make_abort_req", ("req", "finished_reason")),
+    (f"{_SCHEDULER}._release_aborted_request", ("self", "req")),
+    # observe.py: the requests that own KV rows, as SGLang's invariant checker finds them
+    (
+        "sglang.srt.managers.scheduler_components.invariant_checker.SchedulerInvariantChecker"
+        "._requests_owning_rows",
+        ("self",),
+    ),
+    # weights_hooks.py: a seed loaded from a seed publishes its weights too
+    (
+        "sglang.srt.model_executor.model_runner_components.remote_instance_weight_transporter"
+        ".RemoteInstanceWeightTransporter._register_to_engine_info_bootstrap",
+        ("self",),
+    ),
+    # SGLang methods the chunk cache calls on itself (chunk_cache.py, chunk_batch.py)
     (
         "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree",
         ("self", "req", "up_to", "kwargs"),
@@ -353,32 +370,16 @@ REGISTRY_SEAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def _register_attention_backends() -> None:
-    from sglang.srt.layers.attention.attention_registry import register_attention_backend
-    from sglang.srt.server_args import add_attention_backend_choices
+class Attribute(NamedTuple):
+    """A private attribute read on instances of ``owner`` (it must be assigned in the source of
+    ``owner`` or a base class)."""
 
-    from flashinfer_ext.backends import FACTORIES
-
-    add_attention_backend_choices(list(FACTORIES))
-    for name, factory in FACTORIES.items():
-        register_attention_backend(name)(factory)
+    owner: str
+    name: str
+    why: str
 
 
-def _register_radix_cache_backend() -> None:
-    from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
-
-    from mepic_sglang.chunk_cache import create_mepic_cache
-
-    # NOTE: register() runs once per process, but Engine users may load plugins twice.
-    if get_radix_cache_factory(flags.MEPIC_RADIX_CACHE_BACKEND) is None:
-        register_radix_cache_backend(flags.MEPIC_RADIX_CACHE_BACKEND, create_mepic_cache)
-
-
-def register_all() -> None:
-    """Register every row with SGLang (hooks are applied by ``load_plugins()``)."""
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
-    for spec in HOOKS:
-        HookRegistry.register(spec.target, spec.fn, HookType[spec.kind])
-    _register_attention_backends()
-    _register_radix_cache_backend()
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute(_SCHEDULER, "_engine_paused", "liveness.py: no stall while paused"),
+    Attribute("argparse.ArgumentParser", "_actions", "server_args.py: add 'multi-slo' choice"),
+)
