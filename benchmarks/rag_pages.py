@@ -85,7 +85,7 @@ def workload(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def layout_ids(tokenizer: Any, segments: list[dict[str, str]]) -> list[int]:
-    from mepic_sglang.segments import parse_segments
+    from mepic_sglang.chunks.segments import parse_segments
     from mepic_sglang.sglang.request_api import layout_segments
 
     return list(layout_segments(tokenizer, parse_segments(segments), page_size=PAGE).token_ids)

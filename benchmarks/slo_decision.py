@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from scheduler_patch.latency_model import LatencyModel
-from scheduler_patch.policy import POLICIES, EngineView, ReqView, make_policy
+from scheduler_patch.policy import POLICIES, make_policy
 from scheduler_patch.slo import Slo
+from scheduler_patch.views import EngineView, ReqView
 
 MODEL = LatencyModel(prefill_coef=[0.02, 3.0, 0.5], decode_coef=[0.03, 0.002, 0.01])
 CLASSES = (
@@ -60,8 +61,7 @@ def time_policy(name: str, engine: EngineView, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         start = time.perf_counter()
-        order = policy.order(engine)
-        policy.prefill_budget(engine)
+        order = policy.plan_step(engine).order
         head = next(r for r in engine.waiting if r.rid == order[0])
         policy.victims(head, 4096, engine, 1)
         out.append(time.perf_counter() - start)

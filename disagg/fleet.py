@@ -161,8 +161,8 @@ class Fleet:
 
     def has_room(self) -> bool:
         """Room for one more instance on this host (see :meth:`PortPlan.has_room`).
-        NOTE: measured on 2 cores, an instance started on a busy core took 85 s to get ready
-        (26 s idle) and slowed the one serving there: attainment 82.5% -> 50.8%."""
+        NOTE: an instance started on a busy core starts slowly and slows the one serving there
+        (measured: docs/pd.md, "Design decisions and what was tried")."""
         return self.plan.has_room()
 
     def instance_seconds(self) -> float:

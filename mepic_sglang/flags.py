@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mepic_sglang import model_support, slo_flags
-from mepic_sglang.recompute import POLICIES
+from mepic_sglang.chunks.recompute import POLICIES
 from mepic_sglang.slo_flags import MULTI_SLO
-from scheduler_patch.policy import UNATTAINABLE_ACTIONS
 from scheduler_patch.slo import SloDefaults, parse_classes
+from scheduler_patch.views import UNATTAINABLE_ACTIONS
 
 MEPIC_RADIX_CACHE_BACKEND = "mepic"
 # SGLang features whose row/batch handling MEPIC's non-contiguous extend does not support (yet).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mepic_sglang.chunk_store import ChunkStore
+from mepic_sglang.chunks.store import ChunkStore
 
 PREFIX = "sglang:mepic_"
 COUNTERS = {

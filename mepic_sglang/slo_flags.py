@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler_patch.latency_model import LatencyModel
-from scheduler_patch.policy import UNATTAINABLE_ACTIONS
 from scheduler_patch.slo import MAX_SLO_MS, SloError, parse_classes
+from scheduler_patch.views import UNATTAINABLE_ACTIONS
 
 MULTI_SLO = "multi-slo"  # added to SGLang's --schedule-policy choices
 

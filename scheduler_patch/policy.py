@@ -8,8 +8,9 @@ objects, and never read a clock (``now`` is passed in). Decisions per scheduling
 | call             | when                             | answers                                |
 |------------------|----------------------------------|----------------------------------------|
 | on_arrival       | a request enters the queue       | admit / best-effort / reject (+ why)   |
-| order            | before each prefill admission    | the waiting queue, most urgent first   |
-| prefill_budget   | before each prefill admission    | max new prefill tokens (or None)       |
+| plan_step        | before each prefill admission    | a StepPlan: the waiting queue, most    |
+|                  |                                  | urgent first (``order``), and the max  |
+|                  |                                  | new prefill tokens (``prefill_budget``)|
 | victims          | the head request cannot fit      | running requests to preempt for it     |
 | decode_admission | P/D decode: before a new batch   | how many arrived requests may join     |
 
@@ -23,72 +24,37 @@ import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar
 
 from scheduler_patch import tpot_guard
 from scheduler_patch.latency_model import LatencyModel, attn_work
-from scheduler_patch.slo import Slo
+from scheduler_patch.views import (
+    ADMIT,
+    UNATTAINABLE_ACTIONS,
+    Action,
+    EngineView,
+    QueueHead,
+    ReqView,
+    StepPlan,
+    Verdict,
+)
 
-Action = Literal["admit", "best-effort", "reject"]
-UNATTAINABLE_ACTIONS = ("best-effort", "reject")
-
-
-@dataclass(frozen=True)
-class ReqView:
-    """A request as a policy sees it (times in seconds on the engine's clock)."""
-
-    rid: str
-    arrival: float
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens already in the cache (waiting: matched prefix)
-    output_tokens: int  # generated so far (a retracted request re-prefills them)
-    max_new_tokens: int
-    slo: Slo
-    first_token_at: float | None = None
-    best_effort: bool = False  # demoted at arrival: its SLO cannot be met
-
-    @property
-    def priority(self) -> int:
-        return self.slo.priority
-
-    @property
-    def prefill_tokens(self) -> int:
-        """Tokens a (re-)admission computes."""
-        return max(self.prompt_tokens + self.output_tokens - self.cached_tokens, 1)
-
-    @property
-    def kv_tokens(self) -> int:
-        """KV tokens the request holds while running."""
-        return self.prompt_tokens + self.output_tokens
-
-    def deadline(self) -> float | None:
-        """When the next token is due: the first token by ``arrival + TTFT``; for a request
-        that already has tokens (retracted), the next one keeps its average TPOT on target."""
-        if self.first_token_at is None:
-            return None if self.slo.ttft_s is None else self.arrival + self.slo.ttft_s
-        if self.slo.tpot_s is None:
-            return None
-        return self.first_token_at + self.slo.tpot_s * self.output_tokens
-
-
-@dataclass(frozen=True)
-class EngineView:
-    """The engine at one scheduling step."""
-
-    now: float
-    waiting: Sequence[ReqView]
-    running: Sequence[ReqView]
-    free_kv_tokens: int
-    max_prefill_tokens: int  # most tokens one prefill step may compute
-
-
-class Verdict(NamedTuple):
-    action: Action
-    reason: str = ""
-
-
-ADMIT = Verdict("admit")
+__all__ = [
+    "ADMIT",
+    "POLICIES",
+    "UNATTAINABLE_ACTIONS",
+    "Action",
+    "EngineView",
+    "FcfsPolicy",
+    "MultiSloPolicy",
+    "PriorityPolicy",
+    "QueueHead",
+    "ReqView",
+    "SchedulingPolicy",
+    "StepPlan",
+    "Verdict",
+    "make_policy",
+]
 
 
 class SchedulingPolicy(ABC):
@@ -110,9 +76,26 @@ class SchedulingPolicy(ABC):
     def order(self, engine: EngineView) -> list[str]:
         """The rids of ``engine.waiting``, in the order they should be admitted."""
 
-    def prefill_budget(self, engine: EngineView) -> int | None:
-        """Most new tokens the next prefill step may compute (None: no limit of its own)."""
+    def queue_head(self, engine: EngineView) -> QueueHead:
+        """The queue facts :meth:`prefill_budget` needs, read from ``engine.waiting``."""
+        live = [r for r in engine.waiting if not r.best_effort]
+        first_due, first_tokens = math.inf, 0
+        for r in live:
+            r_due = r.deadline()
+            if r_due is not None and r_due < first_due:
+                first_due, first_tokens = r_due, r.prefill_tokens
+        top = max((r.priority for r in live), default=-math.inf)
+        return QueueHead(top, first_due, first_tokens)
+
+    def prefill_budget(self, engine: EngineView, head: QueueHead | None = None) -> int | None:
+        """Most new tokens the next prefill step may compute (None: no limit of its own).
+        ``head``: :meth:`queue_head` of ``engine`` when the caller has it."""
         return None
+
+    def plan_step(self, engine: EngineView) -> StepPlan:
+        """The whole decision for one prefill step, in one pass over the queue."""
+        head = self.queue_head(engine)
+        return StepPlan(self.order(engine), self.prefill_budget(engine, head), head)
 
     def victims(
         self, urgent: ReqView, need_tokens: int, engine: EngineView, need_slots: int = 0
@@ -159,9 +142,8 @@ class MultiSloPolicy(SchedulingPolicy):
 
     - **Arrival**: a request whose TTFT cannot be met even if it ran alone right now, or whose
       TPOT exceeds a lone decode step, is unattainable: served best-effort (last) or rejected.
-      (A queue-aware verdict, counting the more urgent prefills already queued, was tried in
-      the simulator and lowered attainment at 2x: Moore-Hodgson's late tier already defers such
-      requests, and a permanent demotion cannot be undone when the queue drains.)
+      (A queue-aware verdict was tried and rejected: docs/slo.md, "Design decisions and what
+      was tried".)
     - **Order**: requests with a deadline go in earliest-deadline order, except that when the
       predicted prefill times make one late, the least important (then longest) request of the
       prefix is moved behind (Moore-Hodgson, weighted by priority: the most requests on time).
@@ -178,9 +160,6 @@ class MultiSloPolicy(SchedulingPolicy):
     """
 
     name = "multi-slo"
-    _seen: (
-        tuple[EngineView, float | None, float, tuple[float, int, float, float, str] | None] | None
-    ) = None
     # NOTE: an error of a few % per decode step adds up over a long output; spending all of a
     # request's slack on one prediction made most TPOT misses on the CPU server.
     safety = 1.15  # predicted stall + decode time of a protected request, scaled
@@ -220,6 +199,14 @@ class MultiSloPolicy(SchedulingPolicy):
         )
 
     def order(self, engine: EngineView) -> list[str]:
+        return self._ordered(engine)[0]
+
+    def plan_step(self, engine: EngineView) -> StepPlan:
+        order, head = self._ordered(engine)
+        return StepPlan(order, self.prefill_budget(engine, head), head)
+
+    def _ordered(self, engine: EngineView) -> tuple[list[str], QueueHead]:
+        """The queue order and, from the same pass, its :class:`QueueHead`."""
         # NOTE: this runs every scheduling step over the whole queue (issue 7: < 1 ms at 1,000
         # waiting); tuples sort without key functions, and costs use the model's coefficients
         # inline (same formula as LatencyModel.prefill). tests/test_slo_policy.py keeps the plain
@@ -270,20 +257,24 @@ class MultiSloPolicy(SchedulingPolicy):
             + [d[2] for d in late]
             + [d[1] for d in demoted]
         )
-        # NOTE: prefill_budget of the same step reuses the earliest deadline and top priority
-        head = timed[0] if timed else None
-        self._seen = (engine, top, math.inf if head is None else head[0], head)
-        return out
+        first = timed[0] if timed else None
+        head = QueueHead(
+            -math.inf if top is None else top,
+            math.inf if first is None else first[0],
+            0 if first is None else engine_tokens(engine, first[4]),
+        )
+        return out, head
 
     # ------------------------------------------------------------------ budget
-    def prefill_budget(self, engine: EngineView) -> int | None:
+    def prefill_budget(self, engine: EngineView, head: QueueHead | None = None) -> int | None:
         if not (self.model.calibrated("prefill") and self.model.calibrated("decode")):
             return None
         model, now, safety = self.model, engine.now, self.safety
-        head_priority, first_due, first_tokens = self._queue_facts(engine)
+        head = head if head is not None else self.queue_head(engine)
+        first_due, first_tokens = head.first_due, head.first_tokens
         bs, kv = len(engine.running), sum(r.kv_tokens for r in engine.running)
         step = model.decode(bs, kv)
-        protected = tpot_guard.guards(engine.running, now, step, head_priority, self.pace)
+        protected = tpot_guard.guards(engine.running, now, step, head.top_priority, self.pace)
         if not protected and first_due == math.inf:
             return None
         cap = engine.max_prefill_tokens
@@ -294,8 +285,8 @@ class MultiSloPolicy(SchedulingPolicy):
         def keeps_tpot(n: int) -> bool:
             # NOTE: admitting n tokens stalls the running decodes for the prefill step AND makes
             # each of their remaining decode steps slower (one more request, n more KV tokens).
-            # (Lending the reserve to a head whose TTFT could not wait was tried: at 2x on the
-            # CPU server it brought the TPOT misses back, 71.7% -> 57.6% attainment.)
+            # (Lending the reserve to a head whose TTFT could not wait was tried and rejected:
+            # docs/slo.md, "Design decisions and what was tried".)
             per_step = model.decode(bs + 1, kv + n)
             return tpot_guard.keeps_tpot(protected, safety, stall(n), per_step)
 
@@ -330,25 +321,6 @@ class MultiSloPolicy(SchedulingPolicy):
 
         return max(_largest(keeps_tpot, len(engine.waiting)), 0 if engine.running else 1)
 
-    def _queue_facts(self, engine: EngineView) -> tuple[float, float, int]:
-        """(top priority, earliest deadline, that request's prefill tokens) of the queue, from
-        this step's :meth:`order` when it ran on the same view."""
-        seen = self._seen
-        if seen is not None and seen[0] is engine:
-            _, top, due, head = seen
-            tokens = 0
-            if head is not None:
-                tokens = next(r.prefill_tokens for r in engine.waiting if r.rid == head[4])
-            return (-math.inf if top is None else top), due, tokens
-        live = [r for r in engine.waiting if not r.best_effort]
-        top_priority = max((r.priority for r in live), default=-math.inf)
-        first_due, first_tokens = math.inf, 0
-        for r in live:
-            r_due = r.deadline()
-            if r_due is not None and r_due < first_due:
-                first_due, first_tokens = r_due, r.prefill_tokens
-        return top_priority, first_due, first_tokens
-
     # ------------------------------------------------------------------ preemption
     def victims(
         self, urgent: ReqView, need_tokens: int, engine: EngineView, need_slots: int = 0
@@ -369,6 +341,11 @@ class MultiSloPolicy(SchedulingPolicy):
         lower = [r for r in engine.running if r.priority < urgent.priority]
         order = sorted(lower, key=lambda r: (r.priority, r.output_tokens))
         return _cover(need_tokens, need_slots, order)
+
+
+def engine_tokens(engine: EngineView, rid: str) -> int:
+    """Prefill tokens of waiting request ``rid``."""
+    return next(r.prefill_tokens for r in engine.waiting if r.rid == rid)
 
 
 def _cover(need_tokens: int, need_slots: int, candidates: Sequence[ReqView]) -> list[str]:

@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from scheduler_patch.latency_model import ErrorStats, Kind, LatencyModel, StepSample, attn_work
-from scheduler_patch.policy import POLICIES, Action, EngineView, ReqView, make_policy
+from scheduler_patch.policy import POLICIES, make_policy
 from scheduler_patch.sim_results import RequestResult, SimResult, StepRecord
 from scheduler_patch.sim_workload import SimRequest
+from scheduler_patch.views import Action, EngineView, ReqView
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,8 @@ class Simulator:
         cfg = self.config
         engine = self._engine()
         budget = cfg.max_prefill_tokens
-        own = self.policy.prefill_budget(engine)
+        step = self.policy.plan_step(engine)
+        own = step.budget
         if own is not None:
             budget = min(budget, own)
         if budget <= 0 and not self._running:
@@ -206,7 +208,7 @@ class Simulator:
             budget -= n
             if chunk.prefilled + n == chunk.target:
                 self._chunked = None
-        for i, rid in enumerate(self.policy.order(engine) if self._waiting and budget > 0 else []):
+        for i, rid in enumerate(step.order if self._waiting and budget > 0 else []):
             view, live = self._waiting[rid], self._live[rid]
             if budget <= 0:
                 break

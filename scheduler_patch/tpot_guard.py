@@ -16,10 +16,9 @@ allowance of the tokens still to come for later, so the pool is not spent in one
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-if TYPE_CHECKING:
-    from scheduler_patch.policy import ReqView
+from scheduler_patch.views import ReqView
 
 
 class Guard(NamedTuple):
@@ -45,8 +44,9 @@ def guards(
         # NOTE: protected while it could keep its TPOT with no stall at all, WITHOUT the safety
         # factor and reserve. Known cost: a request with TPOT within ~1.0-1.3x of the step time
         # then allows no prefill (and at the P/D decode stage no joiner) until it finishes.
-        # Applying keeps_tpot's own test here instead was tried: 18.5% vs 71.7% attainment on
-        # the 60-s 2x CPU workload, as near-edge requests lost protection and missed.
+        # Applying keeps_tpot's own test here instead was tried and rejected (near-edge
+        # requests lost protection and missed: docs/slo.md, "Design decisions and what was
+        # tried").
         if due >= left * step:
             out.append(Guard(left, due - pace * left * max(tpot - step, 0.0)))
     return out

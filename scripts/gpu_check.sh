@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
   | tee -a "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -m gpu --timeout 600 \
-  tests/test_triton_attention.py tests/test_flashinfer_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+  tests/kernels/test_triton_attention.py tests/kernels/test_flashinfer_gpu.py 2>&1 | tee "$out/gpu_tests.log"
 args=(--out "$out")
 if [[ "${1:-}" == quick ]]; then args+=(--batches 1,32 --contexts 2048,16384); fi
 python3 -m benchmarks.attention "${args[@]}" 2>&1 | tee "$out/attention_gpu.log"

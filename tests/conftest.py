@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.server_utils import ServerHandle, start_server
+from tests.helpers.server_utils import ServerHandle, start_server
 
 
 def _has_cuda() -> bool:
@@ -22,11 +22,20 @@ if not _has_cuda():
     os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
     # NOTE: Triton picks interpreted vs compiled kernels when it is imported, so the CPU runs of
     # the Triton kernel tests need this before anything imports triton. Servers started by the
-    # tests do not inherit it (tests/server_utils.py) unless a test asks for it.
+    # tests do not inherit it (tests/helpers/server_utils.py) unless a test asks for it.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # NOTE: the folder says what a test needs: e2e/ starts servers or engines (marked `server`),
+    # unit/ and kernels/ never do; a misfiled test fails collection.
+    misfiled = [
+        item.nodeid for item in items if ("e2e" in item.path.parts) != ("server" in item.keywords)
+    ]
+    if misfiled:
+        raise pytest.UsageError(
+            "tests in tests/e2e/ (and only those) must be marked `server`: " + ", ".join(misfiled)
+        )
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -34,18 +34,15 @@ page covers page rounding of the extend.)
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-from mepic_sglang.chunk_plan import fit_extra
-from mepic_sglang.sglang.chunk_batch import ChunkHold
+from mepic_sglang.chunks.manager import ChunkManager
 from mepic_sglang.sglang.chunk_cache import drop_layout, req_layout, req_plan
 from mepic_sglang.sglang.state import req_state, round_state
 
 logger = logging.getLogger(__name__)
 # Test-only fault injection: admit with the full extra KV even when it can never fit (the
 # stall this module prevents), so the liveness watch can be tested on a real stall.
-_TEST_NO_POOL_FIT = os.environ.get("MEPIC_TEST_DISABLE_POOL_FIT", "0") not in ("", "0")
 
 
 def room_in_empty_pool(adder: Any, req: Any) -> int:
@@ -75,16 +72,14 @@ def around_select_admission(original: Any, adder: Any, req: Any, **kwargs: Any) 
             # resumes a chunked request first), so none starts behind it.
             return AddReqResult.OTHER
         return result
-    if not _TEST_NO_POOL_FIT:
-        fitted = fit_extra(plan, max(room_in_empty_pool(adder, req), 0))
-        if fitted is not plan:
-            req_state(req).plan = fitted
-            plan = fitted
+    chunks: ChunkManager = adder.tree_cache.mepic_chunks
+    fitted = chunks.fit(plan, room_in_empty_pool(adder, req))
+    if fitted is not plan:
+        req_state(req).plan = fitted
+        plan = fitted
     # NOTE: stock admission pins the matched prefix while it checks the budget; our prefix is
     # the warm entries, which still count as evictable until commit acquires them.
-    store = adder.tree_cache.mepic_store
-    unpinned = sum(u.end - u.shared_start for u in plan.warm if store.entries[u.key].refs == 0)
-    kwargs["total_tokens"] = kwargs["total_tokens"] + plan.extra_tokens + unpinned
+    kwargs["total_tokens"] = kwargs["total_tokens"] + chunks.reserve_tokens(plan)
     result = original(adder, req, **kwargs)
     if not getattr(result, "is_chunked", False):
         return result
@@ -108,9 +103,7 @@ def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwar
     plan = req_plan(req)
     if plan is None:
         return
-    store = adder.tree_cache.mepic_store
-    keys = [u.key for u in plan.warm]
-    store.acquire(keys)
+    hold = adder.tree_cache.mepic_chunks.acquire(plan)
     # NOTE: SGLang charged the round's budget for the extend only; charge the scratch heads too,
     # so the requests admitted after this one in the same round still fit (PrefillBudget).
     budget = getattr(adder, "memory_budget", None)
@@ -121,9 +114,6 @@ def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwar
         adder.rem_input_tokens -= plan.scratch_tokens
         if adder.rem_chunk_tokens is not None:
             adder.rem_chunk_tokens -= plan.scratch_tokens
-    store.stats.hits += len(plan.warm)
-    store.stats.misses += len(plan.cold) + plan.in_context
-    store.stats.in_context += plan.in_context
     if plan.in_context:
         logger.info(
             "rid %s: %d cold chunk(s) computed in context, not published: their scratch heads "
@@ -131,8 +121,7 @@ def after_commit_admission(result: Any, adder: Any, req: Any, *args: Any, **kwar
             req.rid,
             plan.in_context,
         )
-    req_state(req).hold = ChunkHold(plan, acquired=keys)
-    adder.tree_cache.mepic_metrics.sync(store)
+    req_state(req).hold = hold
 
 
 def check_arrival(scheduler: Any, req: Any, is_retracted: bool) -> None:

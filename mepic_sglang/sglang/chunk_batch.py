@@ -23,15 +23,15 @@ store accounts for; SGLang's "uncached" count is then exactly its private pages.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from flashinfer_ext.inputs import ColdChunkKeys, MepicAttention
-from mepic_sglang.chunk_plan import ExtendLayout, Plan, extend_layout, logical_row
+from mepic_sglang.chunks.manager import ChunkHold, ChunkManager
+from mepic_sglang.chunks.plan import ExtendLayout, Plan, extend_layout, logical_row
 from mepic_sglang.sglang.state import batch_state, req_state
 
 logger = logging.getLogger(__name__)
@@ -42,27 +42,15 @@ INFO_PREFIX = "mepic_prefix_tokens"
 INFO_IN_CONTEXT = "mepic_in_context_chunks"
 
 
-@dataclass
-class ChunkHold:
-    """The chunk pages one request holds, from admission commit to release (its
-    :attr:`ReqState.hold <mepic_sglang.sglang.state.ReqState.hold>`)."""
-
-    plan: Plan
-    acquired: list[str] = field(default_factory=list)  # entry keys this request holds
-    published: list[tuple[int, int]] = field(default_factory=list)  # spans it published
-    scratch: torch.Tensor | None = None
-    applied: bool = False
-    copied: bool = False  # --mepic-chunk-copies: warm spans hold this request's private copies
-
-
 @dataclass(frozen=True)
 class ReqExtend:
     layout: ExtendLayout
     scratch_slots: torch.Tensor
 
 
-def _store(tree_cache: Any) -> Any:
-    return tree_cache.mepic_store
+def _chunks(tree_cache: Any) -> ChunkManager:
+    chunks: ChunkManager = tree_cache.mepic_chunks
+    return chunks
 
 
 # ---- the extend --------------------------------------------------------------------------------
@@ -81,7 +69,7 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
     if not any(s is not None and not s.applied for s in states):
         return
     tree_cache = batch.tree_cache
-    store = _store(tree_cache)
+    chunks = _chunks(tree_cache)
     row_table = batch.req_to_token_pool.req_to_token
     old_lens = list(batch.extend_lens)
     ids_parts = list(torch.split(batch.prefill_input_ids_cpu, old_lens))
@@ -90,31 +78,24 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
     for i, (req, state) in enumerate(zip(batch.reqs, states, strict=True)):
         if state is None or state.applied:
             continue
-        plan = state.plan
         assert (
-            req.prefix_len == plan.cached_tokens and old_lens[i] == plan.total_len - req.prefix_len
+            req.prefix_len == state.plan.cached_tokens
+            and old_lens[i] == state.plan.total_len - req.prefix_len
         )
-        scratch = _alloc_scratch(tree_cache, plan.scratch_tokens)
+        scratch = _alloc_scratch(tree_cache, state.plan.scratch_tokens)
         if scratch is None:
             logger.warning(
                 "rid %s: no room for scratch heads; cold chunks computed in context", req.rid
             )
-            store.stats.in_context += len(plan.cold)
-            plan = dataclasses.replace(
-                plan, uses=plan.warm, in_context=plan.in_context + len(plan.cold)
-            )
-            state.plan = plan
-            scratch = _alloc_scratch(tree_cache, 0)
+        chunks.start_extend(state, scratch)
+        plan, scratch = state.plan, state.scratch
         assert scratch is not None
-        state.scratch = scratch
-        store.scratch_tokens += int(scratch.numel())
         lay = extend_layout(plan)
         idx = req.kv.req_pool_idx
         old_row = row_table[idx, : plan.total_len].to(torch.int64).cpu()
         fresh = old_row[plan.cached_tokens :]
-        warm_slots = [store.entries[u.key].slots for u in plan.warm]
-        row = logical_row(plan, old_row[: plan.prefix], warm_slots, fresh)
-        _assert_not_shared(store, fresh, scratch)
+        row = logical_row(plan, old_row[: plan.prefix], chunks.warm_slots(plan), fresh)
+        chunks.check_not_shared(fresh, scratch)
         if plan.copy_tokens:
             _copy_warm_spans(req, state, tree_cache, row)
         row_table[idx, : plan.total_len] = row.to(row_table.device, row_table.dtype)
@@ -122,11 +103,7 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
         ids_parts[i] = fill[lay.positions].to(ids_parts[i].dtype)
         computed_slots = row[lay.positions[lay.scratch_positions.numel() :]]
         loc_parts[i] = torch.cat([scratch.cpu(), computed_slots]).to(loc_parts[i])
-        for u in plan.cold:
-            if store.publish(u.key, row[u.shared_start : u.end]):
-                state.published.append((u.shared_start, u.end))
-                state.acquired.append(u.key)
-                req.kv.cache_protected_len += u.end - u.shared_start
+        req.kv.cache_protected_len += chunks.publish(state, row)
         new_len = int(lay.positions.numel())
         if not req.retracted_stain:
             # Per-request numbers for meta_info["mepic"] (request-level keys, see
@@ -141,9 +118,7 @@ def after_prepare_for_extend(result: Any, batch: Any) -> None:
         if batch.extend_logprob_start_lens[i] == old_lens[i]:
             batch.extend_logprob_start_lens[i] = new_len
         batch.extend_lens[i] = new_len
-        state.applied = True
         meta[i] = ReqExtend(lay, scratch)
-    tree_cache.mepic_metrics.sync(store)
     batch.extend_num_tokens = sum(batch.extend_lens)
     batch.prefill_input_ids_cpu = torch.cat(ids_parts)
     batch.out_cache_loc = torch.cat(loc_parts)
@@ -170,21 +145,8 @@ def _copy_warm_spans(req: Any, state: ChunkHold, tree_cache: Any, row: torch.Ten
         span = u.end - u.shared_start
         row[u.shared_start : u.end] = dst[off : off + span].cpu()
         off += span
-    warm_keys = [u.key for u in plan.warm]
-    _store(tree_cache).release(warm_keys)
-    for key in warm_keys:
-        state.acquired.remove(key)
+    _chunks(tree_cache).drop_warm(state)
     req.kv.cache_protected_len -= n
-    state.copied = True
-
-
-def _assert_not_shared(store: Any, *slot_sets: torch.Tensor) -> None:
-    """A page is never written after it is published: this forward writes none of them."""
-    if not store.page_ids:
-        return
-    for slots in slot_sets:
-        pages = (slots.cpu() // store.page_size).tolist()
-        assert store.page_ids.isdisjoint(pages), "an extend would write a shared chunk page"
 
 
 def after_forward_batch_init(result: Any, *args: Any, **kwargs: Any) -> None:
@@ -237,7 +199,7 @@ def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any
     if state is None or not req.kv.holds_kv:
         return
     holder.hold = None
-    store = _store(tree_cache)
+    chunks = _chunks(tree_cache)
     if state.applied:
         plan = state.plan
         checkpoint = bool(kwargs.get("checkpoint", args[0] if args else False))
@@ -251,21 +213,14 @@ def before_release_kv_cache(req: Any, tree_cache: Any, *args: Any, **kwargs: Any
         private = torch.ones(plan.total_len, dtype=torch.bool)
         private[:tree_owned] = False
         shared_parts = [row[:tree_owned]]
-        for u in plan.warm if not state.copied else ():  # copies are the request's own
-            shared_parts.append(row[u.shared_start : u.end])
-            private[u.shared_start : u.end] = False
-        for s, e in state.published:
+        for s, e in chunks.shared_spans(state):
             shared_parts.append(row[s:e])
             private[s:e] = False
         shared = torch.cat(shared_parts)
         restored = torch.cat([shared, row[: plan.total_len][private], row[plan.total_len :]])
         assert restored.numel() == allocated and shared.numel() == req.kv.cache_protected_len
         row_table[idx, :allocated] = restored.to(row_table.device, row_table.dtype)
-        if state.scratch is not None and state.scratch.numel():
-            tree_cache.token_to_kv_pool_allocator.free(state.scratch)
-        store.scratch_tokens -= 0 if state.scratch is None else int(state.scratch.numel())
-    store.release(state.acquired)
-    tree_cache.mepic_metrics.sync(store)
+    chunks.release(state, tree_cache.token_to_kv_pool_allocator.free)
 
 
 def after_output_streamer_class(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:

@@ -1,7 +1,7 @@
 """``--radix-cache-backend mepic``: SGLang's radix prefix cache + MEPIC chunk store in one pool.
 
 A subclass of SGLang's ``UnifiedRadixCache``. Requests without chunk marks go through the radix
-tree unchanged. For a MEPIC request, ``match_prefix`` plans it (:mod:`mepic_sglang.chunk_plan`) and
+tree unchanged. For a MEPIC request, ``match_prefix`` plans it (:mod:`mepic_sglang.chunks.plan`) and
 reports the shared-chunk tokens as its "cached prefix": SGLang then charges admission, allocates
 fresh slots and counts ``cached_tokens`` for exactly the tokens the request computes, and
 :mod:`mepic_sglang.sglang.chunk_batch` puts every slot at its real position.
@@ -23,11 +23,12 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, Mat
 from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
-from mepic_sglang.chunk_plan import Plan, PlanError, make_plan
-from mepic_sglang.chunk_store import ChunkStore, page_census
-from mepic_sglang.layout import LayoutError, Region, RegionTable, chunk_key
+from mepic_sglang.chunks.layout import LayoutError, Region, RegionTable, chunk_key
+from mepic_sglang.chunks.manager import ChunkManager
+from mepic_sglang.chunks.plan import Plan, PlanError
+from mepic_sglang.chunks.recompute import RecomputePolicy, make_policy
+from mepic_sglang.chunks.store import page_census
 from mepic_sglang.metrics import ChunkMetrics
-from mepic_sglang.recompute import RecomputePolicy, make_policy
 from mepic_sglang.sglang.state import req_state
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def drop_layout(req: Any, why: str) -> None:
 class MepicRadixCache(UnifiedRadixCache):
     """Radix prefix cache + chunk store over one KV page pool."""
 
-    mepic_store: ChunkStore
-    mepic_policy: RecomputePolicy
-    mepic_metrics: ChunkMetrics
+    mepic_chunks: ChunkManager
     mepic_model: str
 
     def mepic_init(
@@ -84,9 +83,9 @@ class MepicRadixCache(UnifiedRadixCache):
         self.mepic_model = model
         # --mepic-chunk-copies: requests read private copies of warm chunks (a baseline)
         self.mepic_copies = copies
-        self.mepic_store = ChunkStore(page_size=int(self.page_size))
-        self.mepic_policy = policy
-        self.mepic_metrics = ChunkMetrics(metrics)
+        self.mepic_chunks = ChunkManager(
+            int(self.page_size), policy, on_change=ChunkMetrics(metrics).sync
+        )
 
     # ---- matching ----------------------------------------------------------------------------
     def match_prefix(self, params: MatchPrefixParams) -> Any:
@@ -123,7 +122,6 @@ class MepicRadixCache(UnifiedRadixCache):
         return base._replace(device_prefix_len=cached, cache_protected_len=cached)
 
     def plan_request(self, req: Any, layout: RegionTable, total_len: int) -> Plan:
-        store = self.mepic_store
         state = req_state(req)
         if not state.keys_checked:
             self._check_keys(req, layout)
@@ -136,18 +134,7 @@ class MepicRadixCache(UnifiedRadixCache):
             key = region.chunk_key or ""
             return f"{extra}\0{key}" if extra else key
 
-        def lookup(key: str) -> int | None:
-            entry = store.lookup(key)
-            return None if entry is None else entry.tokens
-
-        return make_plan(
-            layout.regions,
-            key_of=key_of,
-            total_len=total_len,
-            page_size=int(self.page_size),
-            policy=self.mepic_policy,
-            lookup=lookup,
-        )
+        return self.mepic_chunks.plan(layout, total_len, key_of)
 
     def _check_keys(self, req: Any, layout: RegionTable) -> None:
         """A chunk key must name the tokens it covers (salt, model, page size included): a forged
@@ -165,7 +152,7 @@ class MepicRadixCache(UnifiedRadixCache):
         plan = req_plan(req)
         if plan is None:
             return super().prefix_device_indices(req)
-        parts = [self.mepic_store.entries[u.key].slots for u in plan.warm]
+        parts = self.mepic_chunks.warm_slots(plan)
         if plan.prefix:
             root = self.root_node_handle(req.extra_key)
             path = self.tree_core.collect_full_device_indices(req.last_node, root)
@@ -177,23 +164,22 @@ class MepicRadixCache(UnifiedRadixCache):
 
     # ---- accounting and eviction -------------------------------------------------------------
     def evictable_size(self) -> int:
-        return int(super().evictable_size()) + self.mepic_store.evictable_tokens()
+        return int(super().evictable_size()) + self.mepic_chunks.evictable_tokens()
 
     def full_evictable_size(self) -> int:
-        return int(super().full_evictable_size()) + self.mepic_store.evictable_tokens()
+        return int(super().full_evictable_size()) + self.mepic_chunks.evictable_tokens()
 
     def protected_size(self) -> int:
-        return int(super().protected_size()) + self.mepic_store.protected_tokens()
+        return int(super().protected_size()) + self.mepic_chunks.protected_tokens()
 
     def full_protected_size(self) -> int:
-        return int(super().full_protected_size()) + self.mepic_store.protected_tokens()
+        return int(super().full_protected_size()) + self.mepic_chunks.protected_tokens()
 
     def _evict_chunks(self, result: EvictResult, want: int) -> EvictResult:
         short = want - result.num_tokens_evicted
         if short > 0:
             free = self.token_to_kv_pool_allocator.free
-            result.num_tokens_evicted += self.mepic_store.evict(short, free)
-            self.mepic_metrics.sync(self.mepic_store)
+            result.num_tokens_evicted += self.mepic_chunks.evict(short, free)
         return result
 
     def evict(self, params: EvictParams) -> EvictResult:
@@ -219,7 +205,7 @@ class MepicRadixCache(UnifiedRadixCache):
         p = int(self.page_size)
         allocator = self.token_to_kv_pool_allocator
         n_pages = int(allocator.size) // p + 1  # page 0 is reserved
-        self.mepic_store.check_integrity()
+        self.mepic_chunks.check_integrity()
 
         def pages(slots: torch.Tensor) -> torch.Tensor:
             return torch.unique(slots.to(torch.int64).cpu() // p)
@@ -228,7 +214,7 @@ class MepicRadixCache(UnifiedRadixCache):
         assert radix_slots.unique().numel() == radix_slots.numel(), "a slot is in two tree nodes"
         free = allocator.get_all_free_pages().to(torch.int64).cpu()
         assert free.unique().numel() == free.numel(), "a free page is listed twice"
-        held = {"radix": pages(radix_slots), "shared": self.mepic_store.shared_pages()}
+        held = {"radix": pages(radix_slots), "shared": self.mepic_chunks.shared_pages()}
         by_state: dict[str, list[torch.Tensor]] = {
             "free": [free],
             **{k: [v] for k, v in held.items()},

@@ -75,6 +75,7 @@ def problems() -> list[str]:
     """:func:`check` over :mod:`mepic_sglang.sglang.seams`, computed once per process."""
     global _cached
     if _cached is None:
-        rows = tuple((h.target, h.params) for h in seams.HOOKS) + seams.CALLED
+        rows = tuple((h.target, h.params) for h in seams.HOOKS)
+        rows += tuple((c.target, c.params) for c in seams.CALLED)
         _cached = check(rows) + attribute_problems(seams.ATTRIBUTES)
     return list(_cached)

@@ -134,10 +134,10 @@ def pool_state(scheduler: Any) -> dict[str, Any]:
 def chunk_state(scheduler: Any) -> dict[str, Any] | None:
     """Chunk-store counters, the running requests' rows and a full pool integrity check."""
     cache = scheduler.tree_cache
-    store = getattr(cache, "mepic_store", None)
-    if store is None:
+    chunks = getattr(cache, "mepic_chunks", None)
+    if chunks is None:
         return None
-    out: dict[str, Any] = {"store": store.snapshot(), "policy": cache.mepic_policy.name}
+    out: dict[str, Any] = {"store": chunks.snapshot(), "policy": chunks.policy.name}
     # NOTE: the requests that own KV rows, as SGLang's own invariant checker finds them (the
     # last batch, the running batch, a chunked request).
     live = scheduler.invariant_checker._requests_owning_rows()

@@ -3,11 +3,12 @@
 An AROUND hook on ``TokenizerManager.generate_request`` (launcher process) sees every generate
 request (``/generate``, OpenAI ``/v1/completions`` and ``/v1/chat/completions``) with the raw HTTP
 request. When the request marks chunks (``mepic_segments`` in the body, chat content parts with
-``"mepic_chunk": true`` (:mod:`mepic_sglang.chat_parts`), or separator mode) and the server runs
-with ``--enable-mepic``, it
+``"mepic_chunk": true`` (:mod:`mepic_sglang.chunks.chat_parts`), or separator mode) and the
+server runs with ``--enable-mepic``, it
 
-1. parses and validates the segments (:mod:`mepic_sglang.segments`; errors become HTTP 400),
-2. tokenises every segment on its own and lays them out on pages (:mod:`mepic_sglang.layout`),
+1. parses and validates the segments (:mod:`mepic_sglang.chunks.segments`; errors: HTTP 400),
+2. tokenises every segment on its own and lays them out on pages
+   (:mod:`mepic_sglang.chunks.layout`),
 3. replaces the request's text by those token ids and records the layout in
    ``sampling_params.custom_params`` for the scheduler (:meth:`RegionTable.to_wire`),
 4. adds ``meta_info["mepic"]`` (chunks, pad tokens, page size, shared and recomputed tokens) to
@@ -24,10 +25,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mepic_sglang import chat_parts
+from mepic_sglang.chunks import chat_parts
+from mepic_sglang.chunks.layout import Layout, build_layout
+from mepic_sglang.chunks.segments import Segment, SegmentError, parse_segments, split_by_separator
 from mepic_sglang.flags import PluginArgs, get_plugin_args
-from mepic_sglang.layout import Layout, build_layout
-from mepic_sglang.segments import Segment, SegmentError, parse_segments, split_by_separator
 from mepic_sglang.sglang import input_guard, shutdown, slo_request
 from mepic_sglang.slo_flags import MULTI_SLO
 from scheduler_patch.slo import Slo

@@ -29,8 +29,9 @@ from typing import Any
 
 from mepic_sglang.sglang.state import req_state
 from scheduler_patch.latency_model import StepSample, attn_work
-from scheduler_patch.policy import EngineView, ReqView, SchedulingPolicy, Verdict
+from scheduler_patch.policy import SchedulingPolicy
 from scheduler_patch.slo import ARRIVAL_KEY, Slo, SloDefaults, SloError
+from scheduler_patch.views import EngineView, ReqView, StepPlan, Verdict
 
 logger = logging.getLogger(__name__)
 CLIP_MAX_NEW_TOKENS = 4096  # SGLang's reservation cap per request (schedule_policy.py)
@@ -69,7 +70,7 @@ class SloScheduler:
         self.policy = policy
         self.defaults = defaults
         self.counters = Counters()
-        self.pending_budget: int | None = None
+        self.step: StepPlan | None = None  # this step's plan, until the adder takes its budget
         self._adder_classes: dict[type, type] = {}
         self._last_step: tuple[StepSample, float] | None = None  # awaiting its cadence
 
@@ -150,12 +151,13 @@ class SloScheduler:
         most urgent request if it cannot get a slot or its KV, and set the step's prefill
         budget. True: run no prefill this step (the budget is 0 while requests decode)."""
         waiting = scheduler.waiting_queue
-        self.pending_budget = None
+        self.step = None
         if not waiting:
             return False
         now = time.time()
         engine = self.engine_view(scheduler, now, waiting)
-        order = self.policy.order(engine)
+        step = self.policy.plan_step(engine)
+        order = step.order
         rank = {rid: i for i, rid in enumerate(order)}
         waiting.sort(key=lambda r: rank[r.rid])
         if logger.isEnabledFor(logging.DEBUG):
@@ -164,9 +166,11 @@ class SloScheduler:
         if scheduler.chunked_req is None and running_batch.reqs:
             head = next(v for v in engine.waiting if v.rid == order[0])
             if self._make_room(scheduler, running_batch, engine, head):
+                # NOTE: the victims joined the queue: budget the step on the new view
                 engine = self.engine_view(scheduler, now, waiting)
-        self.pending_budget = budget = self.policy.prefill_budget(engine)
-        skip = budget == 0 and bool(running_batch.reqs)
+                step = dataclasses.replace(step, budget=self.policy.prefill_budget(engine))
+        self.step = step
+        skip = step.budget == 0 and bool(running_batch.reqs)
         self.counters.deferred += skip
         return skip
 
@@ -225,7 +229,9 @@ class SloScheduler:
                 state.first_token_at = now
 
     def take_budget(self) -> int | None:
-        budget, self.pending_budget = self.pending_budget, None
+        """The prefill budget of this step's plan (once: the adder of this step takes it)."""
+        step, self.step = self.step, None
+        budget = None if step is None else step.budget
         if budget is not None:
             self.counters.budget_clamps += 1
         return budget
@@ -252,9 +258,9 @@ class SloScheduler:
         took ``seconds``): stamp first tokens, and teach the model the PREVIOUS step's time.
 
         NOTE: a step's time is the cadence from its ``run_batch`` to the next one: the forward
-        plus result processing, detokenizer hand-off and the next scheduling decision. On CPU
-        that overhead was ~50 ms a step (25-30% of a decode step); timing ``run_batch`` alone
-        made the policy spend slack it did not have. On CUDA with the overlap loop
+        plus result processing, detokenizer hand-off and the next scheduling decision; timing
+        ``run_batch`` alone made the policy spend slack it did not have (measured:
+        docs/slo.md, "Design decisions and what was tried"). On CUDA with the overlap loop
         ``run_batch`` only launches work, and the cadence is again the step time. A step the
         scheduler idled after has no cadence: its ``run_batch`` time is used.
         """

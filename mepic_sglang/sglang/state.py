@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from mepic_sglang.chunk_plan import Plan
-    from mepic_sglang.layout import RegionTable
-    from mepic_sglang.sglang.chunk_batch import ChunkHold, ReqExtend
+    from mepic_sglang.chunks.layout import RegionTable
+    from mepic_sglang.chunks.manager import ChunkHold
+    from mepic_sglang.chunks.plan import Plan
+    from mepic_sglang.sglang.chunk_batch import ReqExtend
     from mepic_sglang.sglang.liveness import SchedulerLiveness
     from mepic_sglang.sglang.observe import PoolUsage
     from mepic_sglang.sglang.shutdown import Drain

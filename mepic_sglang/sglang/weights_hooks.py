@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +34,6 @@ from mepic_sglang.flags import PluginArgs, get_plugin_args
 
 logger = logging.getLogger(__name__)
 
-# NOTE: fault injection for tests only: sleep this long after fetching the seed's weight info,
-# before reading the weights, so a test can kill the seed in the middle of a transfer.
-PAUSE_AFTER_INFO_ENV = "MEPIC_TEST_D2D_PAUSE_AFTER_INFO_S"
 
 _state: dict[str, Any] = {"source": None, "load_s": None, "fallback_reason": None, "sha256": None}
 
@@ -79,17 +75,6 @@ def around_register_memory_region(
     )
 
     return register_memory_region_v1(model, transfer_engine)
-
-
-def after_weight_info(result: Any, *args: Any, **kwargs: Any) -> Any:
-    """AFTER ``get_remote_instance_transfer_engine_info_per_rank``: the test-only pause."""
-    pause = float(os.environ.get(PAUSE_AFTER_INFO_ENV, "0") or 0)
-    if pause > 0:
-        logger.warning(
-            "mepic-sglang: %s=%s: pausing before the weight read", PAUSE_AFTER_INFO_ENV, pause
-        )
-        time.sleep(pause)
-    return result
 
 
 def around_remote_load_model(
