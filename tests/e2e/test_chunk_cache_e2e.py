@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from disagg import server_info
 from mepic_sglang.chunks.segments import parse_segments
 from mepic_sglang.sglang.request_api import layout_segments
 from tests.helpers.server_utils import ServerHandle, start_server
@@ -124,7 +125,7 @@ def shared_pages_of(tokenizer: Any, name: str) -> int:
 
 def chunk_state(server: ServerHandle) -> Any:
     info = requests.get(f"{server.url}/server_info", timeout=60).json()
-    return info["internal_states"][0]["mepic_sglang"]["chunks"]
+    return server_info.plugin_section(info)["chunks"]
 
 
 def wait_idle(server: ServerHandle, timeout_s: float = 120) -> Any:

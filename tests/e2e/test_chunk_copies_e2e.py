@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from disagg import server_info
 from tests.helpers.server_utils import ServerHandle, start_server
 
 pytestmark = pytest.mark.server
@@ -60,7 +61,7 @@ def _generate(server: ServerHandle, i: int) -> Any:
 
 def _state(server: ServerHandle) -> Any:
     info = requests.get(f"{server.url}/server_info", timeout=60).json()
-    return info["internal_states"][0]["mepic_sglang"]
+    return server_info.plugin_section(info)
 
 
 def test_copies_serve_identical_outputs_with_more_pages(servers: dict[str, ServerHandle]) -> None:

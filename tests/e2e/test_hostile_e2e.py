@@ -21,6 +21,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from disagg import server_info
 from mepic_sglang.chunks.segments import parse_segments
 from mepic_sglang.sglang.request_api import layout_segments
 from tests.helpers.server_utils import ServerHandle, start_server
@@ -71,7 +72,7 @@ def healthy(server: ServerHandle) -> bool:
 def plugin_state(server: ServerHandle, admin: bool = False) -> Any:
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"} if admin else {}
     info = requests.get(f"{server.url}/server_info", headers=headers, timeout=60).json()
-    return info, info["internal_states"][0]["mepic_sglang"]
+    return info, server_info.plugin_section(info)
 
 
 def laid_out_len(tokenizer: Any, segments: list[dict[str, Any]]) -> int:
@@ -293,7 +294,7 @@ def test_server_info_shows_request_ids_only_to_the_admin_and_no_secrets(
     wrong = requests.get(
         f"{server.url}/server_info", headers={"Authorization": "Bearer guess"}, timeout=60
     ).json()
-    running = wrong["internal_states"][0]["mepic_sglang"]["chunks"]["running"]
+    running = server_info.plugin_section(wrong)["chunks"]["running"]
     assert all("rid" not in r for r in running)
 
 

@@ -18,6 +18,7 @@ import pytest
 import requests
 import torch
 
+from disagg import server_info
 from tests.helpers.server_utils import ServerHandle, start_server
 
 pytestmark = pytest.mark.server
@@ -119,7 +120,7 @@ def test_triton_backend_batched(servers: dict[str, ServerHandle]) -> None:
     for a, b in zip(got["torch"], got["triton"], strict=True):
         _compare(a, b)
     info = requests.get(f"{servers['triton'].url}/server_info", timeout=60).json()
-    state = info["internal_states"][0]["mepic_sglang"]
+    state = server_info.plugin_section(info)
     assert state["chunks"]["integrity"] == "ok"
     forwards = state["attention"]["forwards"]
     assert state["attention"]["backend"] == "MepicKernelAttnBackend"

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from disagg import server_info
 from mepic_sglang.sglang.shutdown import ABORT_MESSAGE
 from tests.helpers import faults
 from tests.helpers.server_utils import ServerHandle, start_server
@@ -59,7 +60,7 @@ def server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def liveness(server: ServerHandle) -> dict[str, Any]:
     info = requests.get(f"{server.url}/server_info", timeout=60).json()
-    return dict(info["internal_states"][0]["mepic_sglang"]["liveness"])
+    return dict(server_info.plugin_section(info)["liveness"])
 
 
 def metric(server: ServerHandle, name: str) -> float:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from disagg import server_info
 from tests.helpers.server_utils import ServerHandle, start_server
 
 pytestmark = pytest.mark.server
@@ -196,7 +197,7 @@ def test_metrics_and_server_info(slo_server: ServerHandle) -> None:
     assert any('outcome="met"' in ln and 'slo_class="interactive"' in ln for ln in lines), lines
     assert "mepic_slo_goodput_tokens_total" in metrics
     info = requests.get(f"{slo_server.url}/server_info", timeout=60).json()
-    state = info["internal_states"][0]["mepic_sglang"]["slo"]
+    state = server_info.plugin_section(info)["slo"]
     assert state["policy"] == "multi-slo" and state["rejected"] >= 1
     model = state["latency_model"]
     assert model["samples"]["prefill"] > 0 and model["prefill_coef"] is not None

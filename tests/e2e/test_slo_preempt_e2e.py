@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from disagg import server_info
 from tests.helpers.server_utils import ServerHandle, start_server
 
 pytestmark = pytest.mark.server
@@ -79,6 +80,6 @@ def test_urgent_request_preempts_a_bulk_one_that_still_finishes_exactly(
         assert outs[i]["output_ids"] == reference[i]
         assert outs[i]["meta_info"]["completion_tokens"] == LOW_TOKENS
     info = requests.get(f"{server.url}/server_info", timeout=60).json()
-    state = info["internal_states"][0]["mepic_sglang"]
+    state = server_info.plugin_section(info)
     assert state["slo"]["preempted"] >= 1
     assert state["pool"]["running_requests"] == 0
