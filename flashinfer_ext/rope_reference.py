@@ -8,7 +8,7 @@ masks by position, not by row order, so the queries of an extend need not be a c
 
 ``q`` arrives already rotated at ``qpos`` (the model's own rotary embedding does that). This file is
 the CPU path and the oracle for the GPU kernels; the obvious per-query loop that checks it lives in
-``tests/test_rope_attention.py``.
+``tests/kernels/test_rope_attention.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attach the plugin to SGLang: every row of :data:`mepic_sglang.sglang.seams.HOOKS` and SGLang's
 registries (``--attention-backend mepic*``, ``--radix-cache-backend mepic``).
 
-The only module that calls ``HookRegistry`` (``tests/test_layering.py``). The table itself is
+The only module that calls ``HookRegistry`` (``tests/unit/test_layering.py``). The table itself is
 data in :mod:`mepic_sglang.sglang.seams`, so the compatibility check reads it without importing
 the hook functions.
 """

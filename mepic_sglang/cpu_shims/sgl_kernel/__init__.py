@@ -6,7 +6,7 @@ here in torch. Every other name resolves to a placeholder that raises ``NotImple
 called. No ``torch.ops.sgl_kernel`` op is registered, so SGLang's ``cpu_has_amx_support()`` is
 False and fused ops take their ``forward_native`` torch paths.
 
-The slow, obvious references for both helpers live in ``tests/test_cpu_shims.py``.
+The slow, obvious references for both helpers live in ``tests/unit/test_cpu_shims.py``.
 """
 
 from __future__ import annotations
