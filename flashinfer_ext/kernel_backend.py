@@ -85,7 +85,7 @@ class MepicKernelAttnBackend(MepicTorchAttnBackend):
         fb = self._fb
         self._fresh = False
         mepic = MepicAttention.of(fb)
-        per_req = dict(mepic.per_req) if mepic is not None else {}
+        per_req = mepic.per_req if mepic is not None else {}
         if not self.fi_decided:
             self._decide_flashinfer(layer, table)
         self._impl = choose_impl(self._decode, bool(per_req), self.fi is not None)

@@ -92,4 +92,4 @@ class StepPlan:
 
     order: list[str]
     budget: int | None
-    head: QueueHead
+    head: QueueHead | None = None  # the queue facts the budget used (policies that need them)

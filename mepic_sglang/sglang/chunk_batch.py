@@ -151,9 +151,11 @@ def _copy_warm_spans(req: Any, state: ChunkHold, tree_cache: Any, row: torch.Ten
 
 def after_forward_batch_init(result: Any, *args: Any, **kwargs: Any) -> None:
     """Real positions and attention groups for the MEPIC requests of an extend."""
+    if result.forward_mode.is_decode_or_idle():
+        return
     batch = kwargs.get("batch") or next(a for a in args if hasattr(a, "reqs"))
     meta = batch_state(batch).extends
-    if not meta or result.forward_mode.is_decode_or_idle():
+    if not meta:
         return
     starts = torch.cumsum(torch.tensor([0, *batch.extend_lens]), 0).tolist()
     positions = result.positions.clone()

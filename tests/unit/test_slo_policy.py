@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from scheduler_patch.latency_model import LatencyModel, StepSample, attn_work
-from scheduler_patch.policy import POLICIES, MultiSloPolicy, make_policy
+from scheduler_patch.multi_slo import MultiSloPolicy
+from scheduler_patch.policy import POLICIES, make_policy
 from scheduler_patch.slo import Slo, SloDefaults, SloError, header_fields, parse_classes
 from scheduler_patch.views import EngineView, ReqView
 
